@@ -1,0 +1,143 @@
+"""Turning scores into probabilities that mean what they say, and thresholds.
+
+Pure numpy, so it is checked by hand-computed cases and shared by training,
+export (which re-derives the operating points from the int8 model's own
+outputs) and evaluation.
+
+Decision rule everywhere: malignant when malignant_probability >= threshold.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import numpy as np
+
+# Named operating points and the rule that picks each on the calibration split.
+SCREENING_SENSITIVITY = 0.95
+SPECIFIC_SPECIFICITY = 0.90
+OPERATING_POINT_NAMES = ("screening", "balanced", "specific")
+DEFAULT_OPERATING_POINT = "screening"
+
+
+def sigmoid(z) -> np.ndarray:
+    z = np.asarray(z, dtype=np.float64)
+    return np.exp(-np.logaddexp(0.0, -z))
+
+
+def logit(p, eps: float = 1e-7) -> np.ndarray:
+    p = np.clip(np.asarray(p, dtype=np.float64), eps, 1 - eps)
+    return np.log(p) - np.log1p(-p)
+
+
+def nll(logits, labels, temperature: float = 1.0) -> float:
+    """Mean binary cross-entropy of sigmoid(logits / temperature)."""
+    z = np.asarray(logits, dtype=np.float64) / temperature
+    y = np.asarray(labels, dtype=np.float64)
+    # log(1 + e^-z) for positives, log(1 + e^z) for negatives, without overflow.
+    return float(np.mean(np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (1 - y)))
+
+
+def fit_temperature(logits, labels, lo: float = 0.05, hi: float = 20.0, iterations: int = 100) -> float:
+    """The temperature T that minimises the NLL of sigmoid(logit / T).
+
+    One parameter cannot change the ranking, so AUC and every threshold's
+    sensitivity are untouched; only the probabilities become honest. The NLL
+    is unimodal in log T, so a golden-section search is enough.
+    """
+    logits = np.asarray(logits, dtype=np.float64)
+    labels = np.asarray(labels)
+    if len(logits) == 0 or len(np.unique(labels)) < 2:
+        raise ValueError("temperature scaling needs both classes in the calibration split")
+    a, b = np.log(lo), np.log(hi)
+    g = (np.sqrt(5) - 1) / 2
+    c, d = b - g * (b - a), a + g * (b - a)
+    fc, fd = nll(logits, labels, np.exp(c)), nll(logits, labels, np.exp(d))
+    for _ in range(iterations):
+        if fc < fd:
+            b, d, fd = d, c, fc
+            c = b - g * (b - a)
+            fc = nll(logits, labels, np.exp(c))
+        else:
+            a, c, fc = c, d, fd
+            d = a + g * (b - a)
+            fd = nll(logits, labels, np.exp(d))
+    return float(np.exp((a + b) / 2))
+
+
+@dataclass(frozen=True)
+class OperatingPoint:
+    name: str
+    threshold: float
+    sensitivity: float  # on the split it was chosen on
+    specificity: float
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def rates(probabilities, labels, threshold: float) -> tuple[float, float]:
+    """(sensitivity, specificity) of the rule p >= threshold."""
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    flagged = p >= threshold
+    return float(flagged[y].mean()), float((~flagged[~y]).mean())
+
+
+def _sweep(p: np.ndarray, y: np.ndarray):
+    """Every distinct threshold worth trying, with its sensitivity and specificity.
+
+    Thresholds are the observed scores themselves, plus one above them all, so
+    ties (an int8 model has only 256 output levels) are never split.
+    """
+    t = np.unique(p)
+    t = np.append(t, np.nextafter(t[-1], np.inf))
+    pos, neg = np.sort(p[y]), np.sort(p[~y])
+    sens = 1.0 - np.searchsorted(pos, t, side="left") / len(pos)
+    spec = np.searchsorted(neg, t, side="left") / len(neg)
+    return t, sens, spec
+
+
+def choose_operating_points(probabilities, labels) -> dict[str, OperatingPoint]:
+    """Pick the named operating points on one (calibration) split.
+
+    screening: the highest threshold whose sensitivity is >= 0.95, because a
+               missed melanoma costs far more than a false alarm;
+    balanced:  the threshold that maximises Youden's J (sens + spec - 1);
+    specific:  the lowest threshold whose specificity is >= 0.90.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels).astype(bool)
+    if y.all() or not y.any():
+        raise ValueError("choosing operating points needs both classes")
+    t, sens, spec = _sweep(p, y)
+
+    def point(name, i):
+        return OperatingPoint(name, float(min(t[i], 1.0)), float(sens[i]), float(spec[i]))
+
+    screening = np.nonzero(sens >= SCREENING_SENSITIVITY)[0].max()  # t[0] has sensitivity 1
+    specific = np.nonzero(spec >= SPECIFIC_SPECIFICITY)[0].min()  # the last t has specificity 1
+    j = sens + spec - 1
+    balanced = np.nonzero(j == j.max())[0].min()  # on a tie, the more sensitive one
+    return {
+        "screening": point("screening", screening),
+        "balanced": point("balanced", balanced),
+        "specific": point("specific", specific),
+    }
+
+
+def expected_calibration_error(probabilities, labels, bins: int = 15) -> float:
+    """ECE with equal-width bins: the mean |accuracy - confidence| gap, weighted by bin size.
+
+    For a binary model the 'confidence' is the malignant probability and the
+    'accuracy' the fraction of malignant cases in the bin.
+    """
+    p = np.asarray(probabilities, dtype=np.float64)
+    y = np.asarray(labels, dtype=np.float64)
+    idx = np.minimum((p * bins).astype(int), bins - 1)
+    total = 0.0
+    for b in range(bins):
+        m = idx == b
+        if m.any():
+            total += m.sum() * abs(y[m].mean() - p[m].mean())
+    return float(total / len(p))

@@ -1,0 +1,171 @@
+"""The edgeskin command line: thin click wrappers over the library.
+
+Each command turns flags into options, makes one library call and prints the
+result. Training and export import TensorFlow lazily, inside the command, so
+that `edgeskin predict` starts in a fraction of a second without it.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import os
+import sys
+
+import click
+
+from edgeskin import __version__
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def _friendly(fn):
+    """Report expected failures as one line and a non-zero exit, not a traceback."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from edgeskin.imageio import ImageError
+
+        try:
+            return fn(*args, **kwargs)
+        except (ValueError, OSError, ImageError) as exc:  # our errors all derive from ValueError
+            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
+        except MemoryError as exc:
+            raise click.ClickException("out of memory") from exc
+
+    return wrapper
+
+
+@click.group()
+@click.version_option(__version__, prog_name="edgeskin")
+def main():
+    """A calibrated benign / malignant dermoscopy classifier for phones.
+
+    A screening aid, not a diagnosis.
+    """
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--out", "out", type=click.Path(file_okay=False), default="runs/latest", show_default=True,
+              help="Run folder to write.")
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a path to backbone weights (.h5).")
+@click.option("--image-size", type=click.IntRange(32, 1024), default=224, show_default=True)
+@click.option("--alpha", type=click.Choice(["0.35", "0.5", "0.75", "1.0", "1.3", "1.4"]), default="1.0", show_default=True)
+@click.option("--val-fraction", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=0.2, show_default=True)
+@click.option("--batch-size", type=click.IntRange(1), default=32, show_default=True)
+@click.option("--head-epochs", type=click.IntRange(1), default=40, show_default=True)
+@click.option("--fine-tune-epochs", type=click.IntRange(0), default=20, show_default=True)
+@click.option("--fine-tune-from", default="block_13_expand", show_default=True, help="First backbone layer to unfreeze.")
+@click.option("--loss", type=click.Choice(["bce", "focal"]), default="bce", show_default=True)
+@click.option("--class-weights/--no-class-weights", default=True, show_default=True)
+@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
+@_friendly
+def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,
+          fine_tune_from, loss, class_weights, augment, overwrite):
+    """Fine-tune MobileNetV2 on DATA and calibrate its threshold.
+
+    DATA is a folder with train/ (and optional val/, test/) holding benign/
+    and malignant/, a folder holding just benign/ and malignant/, or a CSV
+    manifest with path,label[,group]. test/ is never read.
+
+    Example: edgeskin train ../shared/data/isic-binary --out runs/isic --seed 42
+    """
+    from edgeskin.model import ModelOptions
+    from edgeskin.train import TrainOptions, train as run_training
+
+    options = TrainOptions(
+        model=ModelOptions(image_size=image_size, alpha=float(alpha), weights=weights),
+        seed=seed, val_fraction=val_fraction, batch_size=batch_size, head_epochs=head_epochs,
+        fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, loss=loss,
+        class_weights=class_weights, augment=augment,
+    )
+    result = run_training(data, out, options, overwrite=overwrite, log=click.echo)
+    click.echo(f"validation AUC {result.val_auc:.4f}, temperature {result.temperature:.3f}, {result.seconds / 60:.1f} min")
+    for point in result.operating_points.values():
+        click.echo(f"  {point.name:<10} threshold {point.threshold:.4f}  "
+                   f"sensitivity {point.sensitivity:.3f}  specificity {point.specificity:.3f}")
+    click.echo(f"run saved to {result.run_dir}")
+
+
+@main.command()
+@click.argument("source", type=click.Path(exists=True))
+@click.option("--int8", "quantization", flag_value="int8", default=True, help="Full-integer model (the default).")
+@click.option("--float16", "quantization", flag_value="float16", help="float16 weights, float input.")
+@click.option("--float32", "quantization", flag_value="float32", help="Plain float32 model.")
+@click.option("--out", type=click.Path(dir_okay=False), default=None,
+              help="Output .tflite file [default: SOURCE/edgeskin_<quantization>.tflite].")
+@click.option("--representative-images", type=click.IntRange(1), default=300, show_default=True)
+@_friendly
+def export(source, quantization, out, representative_images):
+    """Export a trained run to a TFLite model that carries its own metadata.
+
+    SOURCE is a run folder written by `edgeskin train` (or a .keras model
+    inside one). The exported model is checked against the float model on
+    the run's calibration split; the command fails if the int8 AUC drops by
+    more than 0.01.
+
+    Example: edgeskin export runs/isic --int8 --out models/edgeskin_int8.tflite
+    """
+    from pathlib import Path
+
+    from edgeskin.export import ExportOptions, export as run_export
+
+    folder = Path(source) if Path(source).is_dir() else Path(source).parent
+    out = out or folder / f"edgeskin_{quantization}.tflite"
+    options = ExportOptions(quantization=quantization, representative_images=representative_images)
+    result = run_export(source, out, options, log=click.echo)
+    click.echo(f"calibration split AUC: float {result.float_auc:.4f}, {quantization} {result.auc:.4f}; "
+               f"screening decisions agree on {result.agreement:.1%}")
+    for name, point in result.info["operating_points"].items():
+        click.echo(f"  {name:<10} threshold {point['threshold']:.4f}  sensitivity {point['sensitivity']:.3f}  "
+                   f"specificity {point['specificity']:.3f}")
+    if not result.passed:
+        raise click.ClickException(f"{quantization} AUC fell more than {options.max_auc_drop} below float; "
+                                   f"kept aside as {result.path}")
+    click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB) and {result.path.with_suffix('.json')}")
+
+
+@main.command()
+@click.argument("paths", nargs=-1, required=True, type=click.Path())
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="A .tflite model [default: the shipped one].")
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None,
+              help="Malignant when malignant_probability >= threshold.")
+@click.option("--operating-point", default=None, help="A named operating point from the model: screening, balanced, specific.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per image, one per line.")
+@click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads [default: 1].")
+@_friendly
+def predict(paths, model, threshold, operating_point, as_json, threads):
+    """Classify dermoscopic images (files or folders) with a TFLite model.
+
+    Runs on the light runtime, with no TensorFlow. The threshold defaults to
+    the model's screening operating point. Exits non-zero if any image failed.
+
+    Example: edgeskin predict data/samples/ --threshold 0.4 --json
+    """
+    from edgeskin.imageio import find_images
+    from edgeskin.runtime import Classifier
+
+    classifier = Classifier(model, num_threads=threads)
+    cut = classifier.threshold(threshold, operating_point)
+    images = find_images(paths)
+    if not images:
+        raise click.ClickException("no images found in " + ", ".join(paths))
+    failed = 0
+    for result in classifier.predict(images, cut):
+        failed += not hasattr(result, "label")
+        if as_json:
+            click.echo(json.dumps(result.to_dict()))
+        elif hasattr(result, "label"):
+            click.echo(f"{result.path}: {result.label} (malignant_probability {result.malignant_probability:.3f}, "
+                       f"threshold {result.threshold:.3f})")
+        else:
+            click.echo(f"{result.path}: error: {result.error}", err=True)
+    if failed:
+        raise click.ClickException(f"{failed} of {len(images)} image(s) could not be read")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,265 @@
+"""Labelled image sets: finding them, checking them, splitting them.
+
+Three layouts are accepted, so that a new test set takes no conversion:
+  (a) a folder with train/ (and optionally val/ and test/), each holding
+      benign/ and malignant/;
+  (b) a folder holding just benign/ and malignant/;
+  (c) a CSV manifest with path,label and optional group and split columns.
+"""
+
+from __future__ import annotations
+
+import csv
+import os
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+
+from edgeskin import dedup
+from edgeskin.imageio import IMAGE_SUFFIXES, ImageError, load_rgb
+
+LABELS = ("benign", "malignant")  # index 1 is the positive class everywhere
+SPLITS = ("train", "val", "test")
+
+
+class DataError(ValueError):
+    """A data set that cannot be used as it is."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    path: str
+    label: int  # index into LABELS
+    group: str = ""  # lesion or patient id; images of one group stay in one split
+
+
+@dataclass(frozen=True)
+class Dataset:
+    """A labelled image set, split three ways. Empty splits are allowed."""
+
+    source: str
+    train: tuple[Sample, ...] = ()
+    val: tuple[Sample, ...] = ()
+    test: tuple[Sample, ...] = ()
+    notes: tuple[str, ...] = field(default=(), compare=False)
+
+    def split(self, name: str) -> tuple[Sample, ...]:
+        if name not in SPLITS:
+            raise DataError(f"unknown split {name!r}; expected one of {', '.join(SPLITS)}")
+        return getattr(self, name)
+
+    def counts(self) -> dict[str, dict[str, int]]:
+        out = {}
+        for name in SPLITS:
+            c = Counter(s.label for s in self.split(name))
+            out[name] = {LABELS[k]: c.get(k, 0) for k in range(len(LABELS))}
+        return out
+
+
+def parse_label(value: str, where: str) -> int:
+    v = str(value).strip().lower()
+    if v in LABELS:
+        return LABELS.index(v)
+    if v in ("0", "1"):
+        return int(v)
+    raise DataError(f"{where}: label {value!r} is neither 'benign' nor 'malignant' (nor 0/1)")
+
+
+def _class_folder(folder: Path) -> tuple[Sample, ...]:
+    missing = [name for name in LABELS if not (folder / name).is_dir()]
+    if missing:
+        raise DataError(f"{folder}: no {' or '.join(m + '/' for m in missing)} folder (expected benign/ and malignant/)")
+    samples = []
+    for k, name in enumerate(LABELS):
+        files = sorted(p for p in (folder / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        samples.extend(Sample(str(p), k) for p in files)
+    return tuple(samples)
+
+
+def _manifest(path: Path) -> Dataset:
+    base = path.parent
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read the manifest ({exc})") from exc
+    if not rows:
+        raise DataError(f"{path}: the manifest has no rows")
+    columns = set(rows[0])
+    path_col = "path" if "path" in columns else "file" if "file" in columns else None
+    if path_col is None or "label" not in columns:
+        raise DataError(f"{path}: a manifest needs 'path' and 'label' columns (found {', '.join(sorted(columns))})")
+    splits: dict[str, list[Sample]] = {name: [] for name in SPLITS}
+    for n, row in enumerate(rows, start=2):
+        where = f"{path}:{n}"
+        image = Path(row[path_col])
+        image = image if image.is_absolute() else base / image
+        split = (row.get("split") or "train").strip().lower()
+        if split not in SPLITS:
+            raise DataError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        splits[split].append(Sample(str(image), parse_label(row["label"], where), (row.get("group") or "").strip()))
+    return Dataset(str(path), *(tuple(splits[name]) for name in SPLITS))
+
+
+def discover(source) -> Dataset:
+    """Read any of the three layouts into a Dataset (nothing is decoded yet)."""
+    root = Path(source)
+    if not root.exists():
+        raise DataError(f"{root}: no such file or folder")
+    if root.is_file():
+        if root.suffix.lower() != ".csv":
+            raise DataError(f"{root}: expected a folder or a .csv manifest")
+        return _manifest(root)
+    if (root / "train").is_dir():
+        parts = {name: _class_folder(root / name) if (root / name).is_dir() else () for name in SPLITS}
+        return Dataset(str(root), **parts)
+    if (root / LABELS[0]).is_dir() or (root / LABELS[1]).is_dir():
+        return Dataset(str(root), train=_class_folder(root))
+    raise DataError(f"{root}: expected train/ or benign/ and malignant/ folders, or a CSV manifest")
+
+
+def check_classes(samples, what: str) -> None:
+    """Stop early, and say why, if a class is empty."""
+    counts = Counter(s.label for s in samples)
+    empty = [LABELS[k] for k in range(len(LABELS)) if counts.get(k, 0) == 0]
+    if empty:
+        raise DataError(f"{what}: no {' and no '.join(empty)} images")
+
+
+def load_images(samples, size: int, workers: int | None = None) -> np.ndarray:
+    """Decode every sample into one (n, size, size, 3) uint8 array.
+
+    All files are tried before anything fails, so one run lists every bad file
+    rather than the first, and training never starts on a set with holes.
+    """
+    samples = list(samples)
+    out = np.empty((len(samples), size, size, 3), dtype=np.uint8)
+    errors: list[str] = []
+
+    def one(i: int) -> None:
+        try:
+            out[i] = load_rgb(samples[i].path, size)
+        except ImageError as exc:
+            errors.append(str(exc))
+
+    # Pillow releases the GIL while decoding, so threads use every core.
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        list(pool.map(one, range(len(samples))))
+    if errors:
+        shown = "; ".join(sorted(errors)[:3])
+        more = f" (and {len(errors) - 3} more)" if len(errors) > 3 else ""
+        raise DataError(f"{len(errors)} unreadable image(s): {shown}{more}")
+    return out
+
+
+def hashes(samples, workers: int | None = None) -> np.ndarray:
+    """Perceptual hashes of the samples, in order."""
+    paths = [s.path for s in samples]
+    with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
+        try:
+            return np.array(list(pool.map(dedup.phash, paths)), dtype=bool).reshape(len(paths), -1)
+        except ImageError as exc:
+            raise DataError(f"unreadable image: {exc}") from exc
+
+
+def _groups(samples, hash_array: np.ndarray, max_distance: int) -> tuple[list[int], dedup.DuplicateReport]:
+    """One group id per sample, joining near-duplicates and manifest groups."""
+    report = dedup.cluster(hash_array, max_distance)
+    parent = list(range(len(samples)))
+
+    def root(i):
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    first_of: dict[tuple[str, object], int] = {}
+    for i, s in enumerate(samples):
+        for key in (("dup", report.groups[i]), ("group", s.group) if s.group else None):
+            if key is None:
+                continue
+            j = first_of.setdefault(key, i)
+            parent[root(i)] = root(j)
+    return [root(i) for i in range(len(samples))], report
+
+
+def split_validation(
+    data: Dataset, fraction: float, seed: int, max_distance: int = dedup.DEFAULT_MAX_DISTANCE
+) -> Dataset:
+    """Carve a stratified, seeded, group-aware validation split out of train.
+
+    Near-duplicates are grouped first, so the same lesion never sits on both
+    sides; a validation figure inflated by copies would pick the wrong epoch
+    and the wrong threshold. When the data already has a val split, val images
+    that near-duplicate a training image are dropped from it instead.
+    """
+    if not 0.0 < fraction < 1.0:
+        raise DataError(f"validation fraction must lie in (0, 1), got {fraction}")
+    train = list(data.train)
+    check_classes(train, f"{data.source}: training data")
+    if data.val:
+        h_train, h_val = hashes(train), hashes(data.val)
+        leaked = dedup.near_duplicates_of(h_val, h_train, max_distance)
+        val = tuple(s for s, bad in zip(data.val, leaked) if not bad)
+        check_classes(val, f"{data.source}: validation data")
+        report = dedup.cluster(h_train, max_distance)
+        note = (f"near-duplicates: {report.images_in_clusters} training images in {report.clusters} clusters; "
+                f"{int(leaked.sum())} val images near-duplicate training images and were dropped from val")
+        return replace(data, val=val, notes=data.notes + (note,))
+
+    groups, report = _groups(train, hashes(train), max_distance)
+    rng = np.random.default_rng(seed)
+    by_label: dict[int, list[int]] = {}
+    members: dict[int, list[int]] = {}
+    for i, g in enumerate(groups):
+        members.setdefault(g, []).append(i)
+    for g, idx in members.items():
+        majority = Counter(train[i].label for i in idx).most_common(1)[0][0]
+        by_label.setdefault(majority, []).append(g)
+    val_idx: set[int] = set()
+    for label in sorted(by_label):
+        gs = sorted(by_label[label])
+        rng.shuffle(gs)
+        target = round(fraction * sum(len(members[g]) for g in gs))
+        taken = 0
+        for g in gs:
+            if taken >= target:
+                break
+            val_idx.update(members[g])
+            taken += len(members[g])
+    new_train = tuple(s for i, s in enumerate(train) if i not in val_idx)
+    new_val = tuple(s for i, s in enumerate(train) if i in val_idx)
+    check_classes(new_train, "training split")
+    check_classes(new_val, "validation split")
+    note = (f"near-duplicates: {report.images_in_clusters} training images in {report.clusters} clusters "
+            f"({report.pairs} pairs within {max_distance}/{dedup.HASH_SIZE ** 2} bits), kept within one split")
+    return replace(data, train=new_train, val=new_val, notes=data.notes + (note,))
+
+
+def held_out_test(data: Dataset, max_distance: int = dedup.DEFAULT_MAX_DISTANCE) -> tuple[tuple[Sample, ...], int]:
+    """The test images that near-duplicate no train or val image, and how many were dropped.
+
+    A test image that is a copy of a training image measures memory, so every
+    reported test figure leaves it out.
+    """
+    seen = list(data.train) + list(data.val)
+    if not data.test or not seen:
+        return data.test, 0
+    leaked = dedup.near_duplicates_of(hashes(data.test), hashes(seen), max_distance)
+    return tuple(s for s, bad in zip(data.test, leaked) if not bad), int(leaked.sum())
+
+
+def write_manifest(path, splits: dict[str, tuple[Sample, ...]]) -> None:
+    """Write a manifest (path,label,group,split) that discover() reads back."""
+    path = Path(path)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    with open(tmp, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "group", "split"])
+        for name, samples in splits.items():
+            for s in samples:
+                w.writerow([os.path.abspath(s.path), LABELS[s.label], s.group, name])
+    os.replace(tmp, path)

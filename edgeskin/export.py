@@ -1,0 +1,178 @@
+"""Export a calibrated run to TFLite, checked against the float model.
+
+The int8 file is what ships, so its operating points are re-derived from the
+int8 model's own outputs on the calibration split: quantization moves scores
+by a step or two, and a threshold chosen on float scores could silently lose
+the sensitivity it was chosen for.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+import time
+from dataclasses import dataclass, replace
+from pathlib import Path
+
+import numpy as np
+
+from edgeskin import __version__, calibration, data, metadata
+from edgeskin import model as model_lib
+from edgeskin import train as train_lib
+from edgeskin.runtime import Classifier
+
+
+@dataclass(frozen=True)
+class ExportOptions:
+    quantization: str = "int8"  # "int8", "float16" or "float32"
+    representative_images: int = 300  # drawn from the training split
+    max_auc_drop: float = 0.01  # int8 may lose at most this much AUC on the calibration split
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.quantization not in ("int8", "float16", "float32"):
+            raise ValueError(f"quantization must be int8, float16 or float32; got {self.quantization!r}")
+        if self.representative_images < 1:
+            raise ValueError("representative_images must be at least 1")
+        if not 0.0 <= self.max_auc_drop <= 1.0:
+            raise ValueError("max_auc_drop must lie in [0, 1]")
+
+    @classmethod
+    def for_int8(cls, **overrides) -> "ExportOptions":
+        """Full-integer: uint8 raw-pixel input, int8 weights and activations, uint8 output."""
+        return replace(cls(quantization="int8"), **overrides)
+
+    @classmethod
+    def for_float16(cls, **overrides) -> "ExportOptions":
+        return replace(cls(quantization="float16"), **overrides)
+
+    @classmethod
+    def for_float32(cls, **overrides) -> "ExportOptions":
+        return replace(cls(quantization="float32"), **overrides)
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    path: Path
+    info: dict
+    float_auc: float
+    auc: float
+    agreement: float  # share of calibration images where float and exported decisions agree
+    passed: bool
+    size_bytes: int
+
+
+class ExportError(ValueError):
+    """An export that failed its check or could not run."""
+
+
+def _run_parts(source: Path):
+    """The serving model, the run's files and its splits, from a run folder (or a model inside one)."""
+    run_dir = source if source.is_dir() else source.parent
+    run = train_lib.load_run(run_dir)
+    keras_path = source if source.is_file() else run_dir / "model.keras"
+    splits = data.discover(run_dir / "splits.csv")
+    return model_lib.load(keras_path), run, splits
+
+
+def _convert(serving, options: ExportOptions, representative: np.ndarray) -> bytes:
+    import tensorflow as tf
+
+    with tempfile.TemporaryDirectory() as tmp:
+        # Through a SavedModel: converting concrete functions directly gave
+        # broken int8 models with this TensorFlow.
+        serving.export(tmp, format="tf_saved_model", verbose=False)
+        converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
+        if options.quantization == "int8":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+
+            def samples():
+                for image in representative:
+                    yield [image[None].astype(np.float32)]
+
+            converter.representative_dataset = samples
+            converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+            # uint8 in, so an app hands over camera pixels untouched; uint8
+            # out, a probability in steps of 1/256.
+            converter.inference_input_type = tf.uint8
+            converter.inference_output_type = tf.uint8
+        elif options.quantization == "float16":
+            converter.optimizations = [tf.lite.Optimize.DEFAULT]
+            converter.target_spec.supported_types = [tf.float16]
+        return converter.convert()
+
+
+def _write_atomic(path: Path, payload: bytes) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_bytes(payload)
+    os.replace(tmp, path)
+
+
+def build_info(run: dict, options: ExportOptions, image_size: int, points, checks: dict) -> dict:
+    """The JSON an app needs, embedded in the model and written beside it."""
+    config, cal = run["config"], run["calibration"]
+    return {
+        "name": "edgeskin",
+        "version": __version__,
+        "description": "Benign / malignant classifier for dermoscopic images. A screening aid, not a diagnosis.",
+        "labels": list(data.LABELS),
+        "input": {"size": image_size, "channels": "RGB", "dtype": "uint8" if options.quantization == "int8" else "float32",
+                  "range": [0, 255], "resize": "centre-crop to square, then bilinear resize"},
+        "output": "probabilities for [benign, malignant], temperature-calibrated",
+        "quantization": options.quantization,
+        "temperature": cal["temperature"],
+        "operating_points": {k: v.to_dict() for k, v in points.items()},
+        "default_operating_point": calibration.DEFAULT_OPERATING_POINT,
+        "operating_points_chosen_on": cal.get("chosen_on", "validation split"),
+        "training": {"data": config["data"], "counts": config["counts"], "notes": config.get("notes", []),
+                     "seed": config["options"]["seed"]},
+        "checks": checks,
+        "created": time.strftime("%Y-%m-%d"),
+    }
+
+
+def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> ExportResult:
+    """Convert a run's calibrated model to out (.tflite) and check it on the calibration split."""
+    source, out = Path(source), Path(out)
+    if out.suffix != ".tflite":
+        raise ExportError(f"{out}: the output file must end in .tflite")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    serving, run, splits = _run_parts(source)
+    size = int(serving.input_shape[1])
+    rng = np.random.default_rng(options.seed)
+    pick = rng.permutation(len(splits.train))[: options.representative_images]
+    representative = data.load_images([splits.train[i] for i in sorted(pick)], size)
+    x_val = data.load_images(splits.val, size)
+    y_val = np.array([s.label for s in splits.val])
+    log(f"converting to {options.quantization} ({len(representative)} representative training images)")
+    tflite = _convert(serving, options, representative)
+
+    # Score the calibration split with the float model and with the new file
+    # through the very runtime an app would use.
+    p_float = serving.predict(x_val, batch_size=64, verbose=0)[:, 1].astype(np.float64)
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.tflite"
+        probe.write_bytes(tflite)
+        classifier = Classifier(probe, num_threads=os.cpu_count())
+        p_new = np.array([classifier.malignant_probability(x) for x in x_val])
+    from sklearn.metrics import roc_auc_score
+
+    float_auc, auc = float(roc_auc_score(y_val, p_float)), float(roc_auc_score(y_val, p_new))
+    float_points = calibration.choose_operating_points(p_float, y_val)
+    points = calibration.choose_operating_points(p_new, y_val)
+    d = calibration.DEFAULT_OPERATING_POINT
+    agreement = float(np.mean((p_float >= float_points[d].threshold) == (p_new >= points[d].threshold)))
+    passed = auc >= float_auc - options.max_auc_drop
+    checks = {"calibration_images": len(y_val), "float_auc": float_auc, "auc": auc,
+              f"{d}_decision_agreement": agreement, "max_auc_drop": options.max_auc_drop, "passed": passed}
+    info = build_info(run, options, size, points, checks)
+    final = metadata.embed_json(tflite, info)
+    if not passed:
+        # Keep whatever was at `out` before: a failed model never replaces a good one.
+        target = out.with_name(out.stem + ".failed.tflite")
+    else:
+        target = out
+    _write_atomic(target, final)
+    _write_atomic(target.with_suffix(".json"), (json.dumps(info, indent=2) + "\n").encode())
+    return ExportResult(target, info, float_auc, auc, agreement, passed, len(final))

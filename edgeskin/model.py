@@ -1,0 +1,150 @@
+"""The network: MobileNetV2 with preprocessing inside and a one-logit head.
+
+The model takes raw RGB values 0-255. Scaling to MobileNetV2's [-1, 1] is a
+layer of the graph, so the Keras model, the exported TFLite file and the
+runtime can never disagree about preprocessing.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeskin.data import LABELS
+
+WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+# Layer names of MobileNetV2 from which fine-tuning may start.
+FINE_TUNE_STARTS = tuple(f"block_{n}_expand" for n in range(1, 17)) + ("Conv_1",)
+
+
+class ModelError(ValueError):
+    """A model that cannot be built or loaded."""
+
+
+@dataclass(frozen=True)
+class ModelOptions:
+    image_size: int = 224
+    alpha: float = 1.0
+    weights: str = "imagenet"  # "imagenet", "none", or a path to an .h5 file
+    dropout: float = 0.2
+
+    def __post_init__(self):
+        if not 32 <= self.image_size <= 1024:
+            raise ValueError(f"image_size must lie in [32, 1024], got {self.image_size}")
+        if self.alpha not in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4):
+            raise ValueError(f"alpha must be one of MobileNetV2's 0.35, 0.5, 0.75, 1.0, 1.3, 1.4; got {self.alpha}")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
+            raise ValueError(f"weights must be 'imagenet', 'none' or an existing .h5 file; got {self.weights!r}")
+
+
+def _keras():
+    import keras  # deferred: the runtime never needs it
+
+    return keras
+
+
+def _backbone(options: ModelOptions):
+    keras = _keras()
+    weights = None if options.weights == "none" else options.weights
+    try:
+        return keras.applications.MobileNetV2(
+            input_shape=(options.image_size, options.image_size, 3),
+            alpha=options.alpha,
+            include_top=False,
+            weights=weights,
+        )
+    except Exception as exc:  # Keras raises plain Exceptions for download failures
+        if weights == "imagenet":
+            cache = Path(os.environ.get("KERAS_HOME", "~/.keras")).expanduser()
+            raise ModelError(
+                f"ImageNet weights are not in Keras's cache and could not be downloaded ({exc}); "
+                f"copy {WEIGHTS_FILE} into {cache / 'models'} or pass --weights PATH"
+            ) from exc
+        raise ModelError(f"cannot build MobileNetV2 with weights {weights!r}: {exc}") from exc
+
+
+def build(options: ModelOptions = ModelOptions()):
+    """The training model: raw pixels in, one malignant logit out.
+
+    Returns (model, backbone, head): the head is a small model of its own so
+    that it can be trained on cached backbone features and then dropped in.
+    """
+    keras = _keras()
+    size = options.image_size
+    inputs = keras.Input((size, size, 3), name="image")
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
+    backbone = _backbone(options)
+    # training=False keeps every BatchNorm in inference mode for good, even
+    # once its layer is unfrozen: a few hundred dermoscopy images per batch
+    # would otherwise overwrite statistics learnt on a million ImageNet photos.
+    features = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(x, training=False))
+    head = keras.Sequential(
+        [keras.Input(features.shape[1:]), keras.layers.Dropout(options.dropout), keras.layers.Dense(1, name="logit")],
+        name="head",
+    )
+    model = keras.Model(inputs, head(features), name="edgeskin_train")
+    return model, backbone, head
+
+
+def feature_extractor(model):
+    """The part of a training model that ends at the pooled features."""
+    keras = _keras()
+    return keras.Model(model.input, model.get_layer("pool").output, name="features")
+
+
+def set_fine_tuning(backbone, start: str | None) -> int:
+    """Unfreeze the backbone from layer `start` upwards; None freezes it all.
+
+    BatchNorm layers stay frozen (see build). Returns how many layers train.
+    """
+    keras = _keras()
+    names = [layer.name for layer in backbone.layers]
+    if start is not None and start not in names:
+        raise ModelError(f"no layer {start!r} in the backbone; try one of {', '.join(FINE_TUNE_STARTS)}")
+    first = names.index(start) if start is not None else len(names)
+    backbone.trainable = True
+    trainable = 0
+    for i, layer in enumerate(backbone.layers):
+        on = i >= first and not isinstance(layer, keras.layers.BatchNormalization)
+        layer.trainable = on
+        trainable += bool(on and layer.weights)
+    return trainable
+
+
+def calibrated(model, temperature: float):
+    """The serving model: raw pixels in, [benign, malignant] probabilities out.
+
+    sigmoid(z / T) equals softmax([-z / 2T, z / 2T])[1], so folding the
+    temperature into a two-unit softmax layer gives calibrated probabilities
+    for both labels from standard layers alone: the file loads anywhere with
+    no custom objects, and a two-category output is what the label file and
+    mobile classifiers expect.
+    """
+    keras = _keras()
+    if not temperature > 0:
+        raise ModelError(f"temperature must be positive, got {temperature}")
+    dense = model.get_layer("head").get_layer("logit")
+    w, b = (np.asarray(v) for v in dense.get_weights())
+    scale = np.array([-1.0, 1.0]) / (2.0 * temperature)
+    features = model.get_layer("pool").output
+    out = keras.layers.Dense(len(LABELS), activation="softmax", name="probabilities")
+    probabilities = out(features)
+    out.set_weights([(w * scale).astype("float32"), (b * scale).astype("float32")])
+    return keras.Model(model.input, probabilities, name="edgeskin")
+
+
+def load(path):
+    """Load a Keras model file, with a one-line error for anything unreadable."""
+    keras = _keras()
+    path = Path(path)
+    if not path.is_file():
+        raise ModelError(f"{path}: no such model file")
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # Keras raises many types for a bad file
+        raise ModelError(f"{path}: not a readable Keras model ({type(exc).__name__}: {exc})") from exc

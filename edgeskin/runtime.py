@@ -1,0 +1,184 @@
+"""The on-device runtime: a .tflite model, an image, a malignant probability.
+
+This module is what a phone or an edge box runs, so it imports only numpy,
+Pillow and a TFLite interpreter: ai_edge_litert first, then the abandoned
+tflite_runtime, then TensorFlow's own interpreter as a last resort.
+"""
+
+from __future__ import annotations
+
+import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeskin import metadata
+from edgeskin.imageio import ImageError, load_rgb
+
+MALIGNANT, BENIGN = "malignant", "benign"
+DEFAULT_MODEL_NAME = "edgeskin_int8.tflite"
+
+
+class RuntimeModelError(ValueError):
+    """A model file the runtime cannot use."""
+
+
+def _interpreter_class():
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except ImportError:
+        try:
+            from tflite_runtime.interpreter import Interpreter
+        except ImportError:
+            try:
+                from tensorflow.lite import Interpreter
+            except ImportError as exc:
+                raise RuntimeModelError(
+                    "no TFLite interpreter installed: pip install ai-edge-litert"
+                ) from exc
+    return Interpreter
+
+
+def default_model() -> Path:
+    """The shipped model: installed beside the package, or in the checkout's models/."""
+    here = Path(__file__).resolve().parent
+    for folder in (here / "models", here.parent / "models"):
+        if (folder / DEFAULT_MODEL_NAME).is_file():
+            return folder / DEFAULT_MODEL_NAME
+    raise RuntimeModelError(f"no shipped model {DEFAULT_MODEL_NAME} found; pass --model FILE")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    path: str
+    malignant_probability: float
+    threshold: float
+
+    @property
+    def label(self) -> str:
+        return MALIGNANT if self.malignant_probability >= self.threshold else BENIGN
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "malignant_probability": round(self.malignant_probability, 6),
+                "threshold": self.threshold, "label": self.label}
+
+
+@dataclass(frozen=True)
+class Failure:
+    path: str
+    error: str
+
+    def to_dict(self) -> dict:
+        return {"path": self.path, "error": self.error}
+
+
+class Classifier:
+    """A .tflite benign / malignant model and what its metadata says about it."""
+
+    def __init__(self, path=None, num_threads: int | None = None):
+        path = Path(path) if path is not None else default_model()
+        if not path.is_file():
+            raise RuntimeModelError(f"{path}: no such model file")
+        raw = path.read_bytes()
+        try:
+            self.info = metadata.read(raw)
+        except metadata.MetadataError as exc:
+            raise RuntimeModelError(f"{path}: {exc}") from exc
+        try:
+            self._interpreter = _interpreter_class()(model_content=raw, num_threads=num_threads or 1)
+            self._interpreter.allocate_tensors()
+        except (ValueError, RuntimeError) as exc:
+            raise RuntimeModelError(f"{path}: not a usable TFLite model ({str(exc).splitlines()[0]})") from exc
+        self.path = path
+        self._input = self._interpreter.get_input_details()[0]
+        self._output = self._interpreter.get_output_details()[0]
+        shape = self._input["shape"]
+        if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
+            raise RuntimeModelError(f"{path}: expected a square RGB image input, got shape {list(shape)}")
+        self.image_size = int(shape[1])
+        self.labels = list(self.info.get("labels", [BENIGN, MALIGNANT]))
+        n_out = int(np.prod(self._output["shape"]))
+        if n_out not in (1, len(self.labels)) or (n_out > 1 and MALIGNANT not in self.labels):
+            raise RuntimeModelError(f"{path}: output of {n_out} values does not match labels {self.labels}")
+        self._malignant = self.labels.index(MALIGNANT) if n_out > 1 else 0
+
+    # Thresholds -----------------------------------------------------------
+    @property
+    def operating_points(self) -> dict[str, float]:
+        return {k: float(v["threshold"]) for k, v in self.info.get("operating_points", {}).items()}
+
+    def threshold(self, threshold: float | None = None, operating_point: str | None = None) -> float:
+        """The threshold to apply: an explicit value, a named operating point, or the default one."""
+        if threshold is not None and operating_point is not None:
+            raise ValueError("give a threshold or an operating point, not both")
+        if threshold is not None:
+            if not 0.0 <= threshold <= 1.0:
+                raise ValueError(f"threshold must lie in [0, 1], got {threshold}")
+            return float(threshold)
+        points = self.operating_points
+        name = operating_point or self.info.get("default_operating_point", "screening")
+        if name not in points:
+            if operating_point is None and not points:
+                return 0.5  # a model without metadata: the uncalibrated midpoint
+            known = ", ".join(points) or "none"
+            raise ValueError(f"model has no operating point {name!r} (it has: {known})")
+        return points[name]
+
+    # Inference ------------------------------------------------------------
+    def malignant_probability(self, pixels: np.ndarray) -> float:
+        """One (size, size, 3) uint8 image in, the malignant probability out."""
+        x = pixels[None].astype(np.float32)
+        dtype = self._input["dtype"]
+        scale, zero = self._input["quantization"]
+        if dtype in (np.uint8, np.int8):
+            if scale and (scale, zero) != (1.0, 0):
+                x = np.round(x / scale + zero)
+            info = np.iinfo(dtype)
+            x = np.clip(x, info.min, info.max).astype(dtype)
+        else:
+            x = x.astype(dtype)
+        self._interpreter.set_tensor(self._input["index"], x)
+        self._interpreter.invoke()
+        y = self._interpreter.get_tensor(self._output["index"]).reshape(-1).astype(np.float64)
+        scale, zero = self._output["quantization"]
+        if self._output["dtype"] in (np.uint8, np.int8) and scale:
+            y = (y - zero) * scale
+        return float(np.clip(y[self._malignant], 0.0, 1.0))
+
+    def predict(self, paths, threshold: float, workers: int | None = None):
+        """Yield a Prediction or a Failure per path, in order.
+
+        Images are decoded in a thread pool while the interpreter runs, so a
+        folder keeps both cores busy; one bad file never stops the others.
+        """
+        paths = [str(p) for p in paths]
+
+        def decode(path):
+            try:
+                return load_rgb(path, self.image_size)
+            except ImageError as exc:
+                return exc
+
+        workers = workers or min(4, os.cpu_count() or 1)
+        with ThreadPoolExecutor(workers) as pool:
+            # A bounded look-ahead: decoding stays ahead of inference without
+            # holding a whole folder of pixels in memory.
+            pending = deque()
+            todo = iter(paths)
+            for path in todo:
+                pending.append((path, pool.submit(decode, path)))
+                if len(pending) > 2 * workers:
+                    break
+            while pending:
+                path, future = pending.popleft()
+                nxt = next(todo, None)
+                if nxt is not None:
+                    pending.append((nxt, pool.submit(decode, nxt)))
+                pixels = future.result()
+                if isinstance(pixels, ImageError):
+                    yield Failure(path, str(pixels))
+                else:
+                    yield Prediction(path, self.malignant_probability(pixels), threshold)

@@ -1,0 +1,36 @@
+@echo off
+rem One command for a new user on Windows: set up .venv, then run edgeskin.
+rem   run.bat predict data\samples\ --threshold 0.4
+rem   run.bat test
+setlocal
+cd /d "%~dp0"
+set VENV=%~dp0.venv
+if not exist "%VENV%\Scripts\python.exe" (
+    py -3 -m venv "%VENV%" || python -m venv "%VENV%" || exit /b 1
+    "%VENV%\Scripts\python.exe" -m pip install --quiet --upgrade pip
+)
+set EXTRAS=[train,test]
+if /I "%~1"=="predict" set EXTRAS=
+if "%~1"=="" set EXTRAS=
+if "%EXTRAS%"=="" (set STAMP=%VENV%\.installed-runtime) else (set STAMP=%VENV%\.installed-train)
+if not exist "%STAMP%" (
+    "%VENV%\Scripts\python.exe" -m pip install --quiet -e ".%EXTRAS%" || exit /b 1
+    type nul > "%STAMP%"
+)
+set WEIGHTS=mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
+if "%KERAS_HOME%"=="" (set CACHE=%USERPROFILE%\.keras\models) else (set CACHE=%KERAS_HOME%\models)
+if exist "..\shared\weights\%WEIGHTS%" if not exist "%CACHE%\%WEIGHTS%" (
+    mkdir "%CACHE%" 2>nul
+    copy /Y "..\shared\weights\%WEIGHTS%" "%CACHE%\" >nul
+)
+if /I "%~1"=="test" (
+    shift
+    "%VENV%\Scripts\python.exe" -m pytest -q
+    exit /b %ERRORLEVEL%
+)
+if "%~1"=="" (
+    "%VENV%\Scripts\edgeskin.exe" --help
+) else (
+    "%VENV%\Scripts\edgeskin.exe" %*
+)
+exit /b %ERRORLEVEL%

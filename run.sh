@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# One command for a new user: set up a local virtual environment, then run edgeskin.
+#   ./run.sh predict data/samples/ --threshold 0.4     predict with the shipped model
+#   ./run.sh train ../shared/data/isic-binary ...      anything `edgeskin` takes
+#   ./run.sh test                                      the test suite
+# The first call installs what that command needs into .venv/: the light
+# runtime for predict, TensorFlow too for train, export, evaluate and test.
+set -euo pipefail
+cd "$(dirname "$0")"
+here=$(pwd)
+venv="$here/.venv"
+python=${PYTHON:-python3}
+
+if [ ! -x "$venv/bin/python" ]; then
+    "$python" -m venv "$venv"
+    "$venv/bin/python" -m pip install --quiet --upgrade pip
+fi
+
+cmd=${1:-predict}
+case "$cmd" in
+    predict|--help|--version) extras="" ;;
+    *) extras="train,test" ;;
+esac
+stamp="$venv/.installed-${extras:-runtime}"
+if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
+    "$venv/bin/python" -m pip install --quiet -e ".${extras:+[$extras]}"
+    touch "$stamp"
+fi
+
+# Keras looks for ImageNet weights in its cache; ../shared carries the file
+# for machines with no internet.
+weights=mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5
+cache="${KERAS_HOME:-$HOME/.keras}/models"
+if [ -f "../shared/weights/$weights" ] && [ ! -f "$cache/$weights" ]; then
+    mkdir -p "$cache" && cp "../shared/weights/$weights" "$cache/"
+fi
+
+if [ "$cmd" = test ]; then
+    shift
+    exec "$venv/bin/python" -m pytest -q "$@"
+fi
+exec "$venv/bin/edgeskin" "$@"

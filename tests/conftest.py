@@ -1,0 +1,92 @@
+"""Shared fixtures: real image files in temporary folders, and one tiny trained model.
+
+The tiny model (alpha 0.35, 64 px, random init) trains on a synthetic set
+whose classes differ in colour and blob size, so a few epochs separate them
+and the whole train -> export -> predict path is exercised in under a minute.
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+
+def lesion(rng: np.random.Generator, malignant: bool, size: int = 64) -> Image.Image:
+    """A crude dermoscopy-like picture: a blob on skin. Malignant ones are larger, darker and bluer."""
+    skin = np.array([225, 180, 160]) + rng.integers(-15, 15, 3)
+    im = Image.new("RGB", (size, size), tuple(int(v) for v in skin))
+    draw = ImageDraw.Draw(im)
+    r = size * (rng.uniform(0.32, 0.45) if malignant else rng.uniform(0.08, 0.15))
+    cx, cy = size / 2 + rng.uniform(-4, 4), size / 2 + rng.uniform(-4, 4)
+    colour = (40, 25, 80) if malignant else (170, 110, 70)
+    draw.ellipse((cx - r, cy - r * rng.uniform(0.7, 1.0), cx + r, cy + r), fill=colour)
+    # Smooth random shading, so that no two pictures share a perceptual hash.
+    field = Image.fromarray(rng.integers(0, 255, (6, 6), dtype=np.uint8)).resize((size, size), Image.BICUBIC)
+    shade = (np.asarray(field, dtype=float)[..., None] - 128) * 0.3
+    noise = rng.normal(0, 6, (size, size, 3))
+    return Image.fromarray(np.clip(np.asarray(im, dtype=float) + shade + noise, 0, 255).astype(np.uint8))
+
+
+def write_class_folders(root: Path, n_per_class: int, seed: int = 0) -> Path:
+    rng = np.random.default_rng(seed)
+    for k, name in enumerate(("benign", "malignant")):
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n_per_class):
+            lesion(rng, bool(k)).save(root / name / f"{name}_{i}.jpg", quality=92)
+    return root
+
+
+@pytest.fixture
+def class_folders(tmp_path) -> Path:
+    """Layout (b): benign/ and malignant/ with a few distinct images each."""
+    return write_class_folders(tmp_path / "set", 12)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    """Backbone weights for alpha 0.35 at 64 px, standing in for ImageNet's.
+
+    A randomly initialised MobileNetV2 with BatchNorm frozen at its initial
+    statistics shrinks every signal to ~1e-11, so nothing could be learnt on
+    top of it. Setting each BatchNorm's statistics from one batch of images
+    gives a frozen backbone with usable features, as a pretrained one has.
+    """
+    import keras
+
+    rng = np.random.default_rng(0)
+    x = np.stack([np.asarray(lesion(rng, i % 2 == 1)) for i in range(32)]).astype("float32") / 127.5 - 1
+    backbone = keras.applications.MobileNetV2(input_shape=(64, 64, 3), alpha=0.35, include_top=False, weights=None)
+    for layer in backbone.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = 0.0  # the moving statistics become this batch's statistics
+    backbone(x, training=True)
+    path = tmp_path_factory.mktemp("weights") / "tiny_backbone.weights.h5"
+    backbone.save_weights(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, tiny_weights):
+    """A run folder trained on synthetic data, and its int8 export."""
+    from edgeskin.export import ExportOptions, export
+    from edgeskin.model import ModelOptions
+    from edgeskin.train import TrainOptions, train
+
+    root = tmp_path_factory.mktemp("tiny")
+    write_class_folders(root / "data" / "train", 60, seed=1)
+    write_class_folders(root / "data" / "test", 8, seed=2)
+    options = TrainOptions.for_smoke_test(
+        model=ModelOptions(image_size=64, alpha=0.35, weights=str(tiny_weights)),
+        head_epochs=8, head_learning_rate=3e-3, patience=8,
+    )
+    run_dir = root / "run"
+    train(root / "data", run_dir, options, log=lambda *_: None)
+    result = export(run_dir, run_dir / "edgeskin_int8.tflite", ExportOptions.for_int8(representative_images=20),
+                    log=lambda *_: None)
+    return {"data": root / "data", "run": run_dir, "tflite": result.path, "export": result}

@@ -1,0 +1,85 @@
+import numpy as np
+import pytest
+from sklearn.metrics import log_loss
+
+from edgeskin import calibration as cal
+
+
+def test_sigmoid_and_logit_are_inverse_and_stable():
+    assert cal.sigmoid(0.0) == pytest.approx(0.5)
+    assert cal.sigmoid(np.log(3.0)) == pytest.approx(0.75)
+    assert cal.sigmoid(-1000.0) == pytest.approx(0.0) and cal.sigmoid(1000.0) == pytest.approx(1.0)
+    assert cal.logit(cal.sigmoid(1.7)) == pytest.approx(1.7)
+
+
+def test_nll_matches_sklearn_log_loss():
+    z = np.array([2.0, -1.0, 0.5, -3.0, 1.0])
+    y = np.array([1, 0, 0, 0, 1])
+    assert cal.nll(z, y, 2.0) == pytest.approx(log_loss(y, cal.sigmoid(z / 2.0)))
+
+
+def test_temperature_hand_computed():
+    # Every logit is 2 and 3 of 4 cases are positive: the best probability is
+    # 0.75, so sigmoid(2 / T) = 0.75 and T = 2 / ln 3.
+    z = np.full(4, 2.0)
+    y = np.array([1, 1, 1, 0])
+    assert cal.fit_temperature(z, y) == pytest.approx(2.0 / np.log(3.0), rel=1e-4)
+
+
+def test_temperature_recovers_overconfidence():
+    rng = np.random.default_rng(0)
+    true_logits = rng.normal(0, 2, 20000)
+    y = rng.random(20000) < cal.sigmoid(true_logits)
+    assert cal.fit_temperature(3.0 * true_logits, y) == pytest.approx(3.0, rel=0.05)
+
+
+def test_temperature_needs_both_classes():
+    with pytest.raises(ValueError):
+        cal.fit_temperature([1.0, 2.0], [1, 1])
+
+
+def test_operating_points_hand_computed():
+    # Positives score 0.9, 0.8, 0.7, 0.6, 0.3; negatives 0.5, 0.4, 0.2, 0.1, 0.05.
+    p = np.array([0.9, 0.8, 0.7, 0.6, 0.3, 0.5, 0.4, 0.2, 0.1, 0.05])
+    y = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
+    points = cal.choose_operating_points(p, y)
+    # Sensitivity >= 0.95 with five positives means all five: threshold 0.3,
+    # which flags 0.5 and 0.4 too: specificity 3/5.
+    assert points["screening"].threshold == 0.3
+    assert (points["screening"].sensitivity, points["screening"].specificity) == (1.0, 0.6)
+    # Youden's J is largest (0.8) at 0.6: sensitivity 4/5, specificity 5/5.
+    assert points["balanced"].threshold == 0.6
+    assert points["balanced"].sensitivity == pytest.approx(0.8) and points["balanced"].specificity == 1.0
+    # Specificity >= 0.9 needs all five negatives below: the lowest such threshold is 0.6.
+    assert points["specific"].threshold == 0.6
+
+
+def test_operating_points_never_split_ties():
+    # int8 outputs tie often; a threshold must treat equal scores equally.
+    p = np.array([0.5, 0.5, 0.5, 0.25, 0.5, 0.25])
+    y = np.array([1, 1, 1, 1, 0, 0])
+    points = cal.choose_operating_points(p, y)
+    for point in points.values():
+        sens, spec = cal.rates(p, y, point.threshold)
+        assert (sens, spec) == pytest.approx((point.sensitivity, point.specificity))
+    assert points["screening"].threshold == 0.25
+
+
+def test_screening_point_meets_its_sensitivity():
+    rng = np.random.default_rng(1)
+    y = rng.random(500) < 0.4
+    p = np.clip(rng.normal(0.3 + 0.4 * y, 0.2), 0, 1)
+    point = cal.choose_operating_points(p, y)["screening"]
+    assert cal.rates(p, y, point.threshold)[0] >= 0.95
+    # ...and it is the highest threshold that does.
+    higher = np.unique(p)[np.unique(p) > point.threshold][0]
+    assert cal.rates(p, y, higher)[0] < 0.95
+
+
+def test_ece_hand_computed():
+    # Bin [0.2, 0.267) holds 0.2 x2 with one positive: gap 0.3, weight 2/4.
+    # Bin [0.8, 0.867) holds 0.8 x2 with two positives: gap 0.2, weight 2/4.
+    p = np.array([0.2, 0.2, 0.8, 0.8])
+    y = np.array([1, 0, 1, 1])
+    assert cal.expected_calibration_error(p, y) == pytest.approx(0.25)
+    assert cal.expected_calibration_error([0.0, 1.0], [0, 1]) == 0.0

@@ -1,0 +1,113 @@
+import json
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from edgeskin.cli import main
+
+
+def run(*args):
+    return CliRunner().invoke(main, [str(a) for a in args])
+
+
+def one_line_error(result):
+    assert result.exit_code != 0
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
+    assert "Traceback" not in result.output
+    errors = [line for line in result.output.splitlines() if line.startswith("Error")]
+    assert len(errors) == 1
+    return errors[0]
+
+
+@pytest.fixture
+def images(tiny_run, tmp_path):
+    good = sorted((tiny_run["data"] / "test" / "malignant").glob("*.jpg"))[:2]
+    text = tmp_path / "notes.jpg"
+    text.write_text("this is not a picture")
+    corrupt = tmp_path / "corrupt.jpg"
+    corrupt.write_bytes(good[0].read_bytes()[:200])
+    return {"good": good, "text": text, "corrupt": corrupt}
+
+
+@pytest.mark.slow
+def test_predict_json_has_exactly_the_documented_keys(tiny_run, images):
+    r = run("predict", *images["good"], "--model", tiny_run["tflite"], "--threshold", 0.4, "--json")
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.output.splitlines()]
+    assert len(rows) == 2
+    for row, path in zip(rows, images["good"]):
+        assert list(row) == ["path", "malignant_probability", "threshold", "label"]
+        assert row["path"] == str(path) and row["threshold"] == 0.4
+        assert row["label"] == ("malignant" if row["malignant_probability"] >= 0.4 else "benign")
+
+
+@pytest.mark.slow
+def test_predict_readable_lines_and_folders(tiny_run):
+    r = run("predict", tiny_run["data"] / "test", "--model", tiny_run["tflite"], "--operating-point", "balanced")
+    assert r.exit_code == 0, r.output
+    lines = r.output.strip().splitlines()
+    assert len(lines) == 16 and all("malignant_probability" in line for line in lines)
+
+
+@pytest.mark.slow
+def test_bad_images_are_reported_and_the_rest_go_on(tiny_run, images):
+    r = run("predict", images["text"], images["good"][0], images["corrupt"], "--model", tiny_run["tflite"], "--json")
+    assert r.exit_code == 1
+    rows = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
+    assert [sorted(row) for row in rows] == [["error", "path"], ["label", "malignant_probability", "path", "threshold"],
+                                             ["error", "path"]]
+    assert "2 of 3 image(s) could not be read" in r.output
+
+
+@pytest.mark.slow
+def test_threshold_out_of_range(tiny_run, images):
+    r = run("predict", images["good"][0], "--model", tiny_run["tflite"], "--threshold", 2)
+    assert r.exit_code == 2 and "0.0<=x<=1.0" in r.output
+
+
+def test_missing_model_and_broken_model(tmp_path):
+    Image.new("RGB", (32, 32)).save(tmp_path / "a.jpg")
+    assert "no such model file" in one_line_error(run("predict", tmp_path / "a.jpg", "--model", tmp_path / "none.tflite"))
+    (tmp_path / "broken.tflite").write_bytes(b"garbage" * 10)
+    assert "broken.tflite" in one_line_error(run("predict", tmp_path / "a.jpg", "--model", tmp_path / "broken.tflite"))
+
+
+@pytest.mark.slow
+def test_unknown_operating_point_and_both_options(tiny_run, images):
+    assert "lenient" in one_line_error(run("predict", images["good"][0], "--model", tiny_run["tflite"],
+                                           "--operating-point", "lenient"))
+    assert "not both" in one_line_error(run("predict", images["good"][0], "--model", tiny_run["tflite"],
+                                            "--operating-point", "screening", "--threshold", 0.3))
+
+
+def test_train_refuses_a_set_with_an_empty_class(class_folders, tmp_path):
+    for p in (class_folders / "malignant").iterdir():
+        p.unlink()
+    msg = one_line_error(run("train", class_folders, "--out", tmp_path / "run", "--weights", "none"))
+    assert "no malignant images" in msg
+    assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_train_refuses_unreadable_images(class_folders, tmp_path):
+    (class_folders / "benign" / "broken.jpg").write_text("oops")
+    msg = one_line_error(run("train", class_folders, "--out", tmp_path / "run", "--weights", "none",
+                             "--image-size", 64, "--alpha", "0.35"))
+    assert "unreadable" in msg and "broken.jpg" in msg
+
+
+def test_train_bad_weights_path(class_folders, tmp_path):
+    msg = one_line_error(run("train", class_folders, "--out", tmp_path / "run", "--weights", tmp_path / "nope.h5"))
+    assert "weights" in msg
+
+
+@pytest.mark.slow
+def test_train_never_overwrites_a_run(tiny_run):
+    before = (tiny_run["run"] / "model.keras").stat().st_mtime_ns
+    msg = one_line_error(run("train", tiny_run["data"], "--out", tiny_run["run"], "--weights", "none"))
+    assert "already holds a run" in msg
+    assert (tiny_run["run"] / "model.keras").stat().st_mtime_ns == before
+
+
+def test_export_of_something_that_is_not_a_run(tmp_path):
+    assert "not a finished run folder" in one_line_error(run("export", tmp_path, "--int8"))

