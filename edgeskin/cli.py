@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import json
 import os
+import shlex
 import sys
 
 import click
@@ -82,7 +83,8 @@ def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size,
         fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, loss=loss,
         class_weights=class_weights, augment=augment,
     )
-    result = run_training(data, out, options, overwrite=overwrite, log=click.echo)
+    command = "edgeskin " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
+    result = run_training(data, out, options, overwrite=overwrite, log=click.echo, command=command)
     click.echo(f"validation AUC {result.val_auc:.4f}, temperature {result.temperature:.3f}, {result.seconds / 60:.1f} min")
     for point in result.operating_points.values():
         click.echo(f"  {point.name:<10} threshold {point.threshold:.4f}  "
@@ -165,6 +167,40 @@ def predict(paths, model, threshold, operating_point, as_json, threads):
             click.echo(f"{result.path}: error: {result.error}", err=True)
     if failed:
         raise click.ClickException(f"{failed} of {len(images)} image(s) could not be read")
+
+
+@main.command()
+@click.argument("model", type=click.Path(exists=True))
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None, help="Also report this threshold.")
+@click.option("--out", type=click.Path(file_okay=False), default="evaluation", show_default=True)
+@click.option("--compare", type=click.Path(exists=True), default=None, help="A second model to put side by side.")
+@click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Run folder whose history.csv gives the training curves.")
+@click.option("--bootstrap", type=click.IntRange(100, 100000), default=1000, show_default=True)
+@_friendly
+def evaluate(model, data, threshold, out, compare, run_dir, bootstrap):
+    """Evaluate MODEL (.tflite, .keras or run folder) on DATA, with CIs, figures and a model card.
+
+    DATA is any layout `train` accepts. Its test/ split is used when there is
+    one, leaving out test images that near-duplicate a train or val image;
+    otherwise every image is.
+
+    Example: edgeskin evaluate models/edgeskin_int8.tflite ../shared/data/isic-binary --out models
+    """
+    from pathlib import Path
+
+    from edgeskin import card
+    from edgeskin.evaluate import evaluate as run_evaluation, load_scorer, table
+
+    def progress(items, n):
+        with click.progressbar(items, length=n, label="scoring", file=sys.stderr) as bar:
+            yield from bar
+
+    result = run_evaluation(model, data, out, threshold, compare, bootstrap, progress, run_dir)
+    (Path(out) / "MODEL_CARD.md").write_text(card.render(result, load_scorer(model).info))
+    click.echo(table(result))
+    click.echo(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'MODEL_CARD.md'} and {Path(out) / 'figures'}/")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -126,7 +126,8 @@ def build_info(run: dict, options: ExportOptions, image_size: int, points, check
         "default_operating_point": calibration.DEFAULT_OPERATING_POINT,
         "operating_points_chosen_on": cal.get("chosen_on", "validation split"),
         "training": {"data": config["data"], "counts": config["counts"], "notes": config.get("notes", []),
-                     "seed": config["options"]["seed"]},
+                     "seed": config["options"]["seed"], "command": config.get("command"),
+                     "seconds": config.get("seconds")},
         "checks": checks,
         "created": time.strftime("%Y-%m-%d"),
     }

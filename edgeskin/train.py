@@ -188,7 +188,8 @@ def _save_keras(model, path: Path) -> None:
     os.replace(tmp, path)
 
 
-def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bool = False, log=print) -> RunResult:
+def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bool = False, log=print,
+          command: str | None = None) -> RunResult:
     """Train, select, calibrate and save one model into run_dir."""
     started = time.time()
     run_dir = Path(run_dir)
@@ -207,6 +208,7 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
     data.write_manifest(run_dir / "splits.csv", {"train": dataset.train, "val": dataset.val})
     config = {
         "edgeskin_version": __version__,
+        "command": command,
         "data": str(Path(source).resolve()),
         "counts": counts,
         "notes": list(dataset.notes),
@@ -283,6 +285,13 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
         "val_ece_before": calibration.expected_calibration_error(calibration.sigmoid(z_val), y_val),
         "val_ece_after": calibration.expected_calibration_error(p_val, y_val),
     })
+    # The same evaluation that `edgeskin evaluate` writes, on the calibration
+    # split, so every run can be judged without touching a test set.
+    from edgeskin.evaluate import report_files
+
+    report = report_files(y_val, p_val, {k: v.threshold for k, v in points.items()}, run_dir / "evaluation",
+                          temperature, history=run_dir / "history.csv")
+    _write_json(run_dir / "evaluation" / "metrics.json", {"data": {"split": "validation (calibration)"}, "metrics": report})
     seconds = time.time() - started
     _write_json(run_dir / "config.json", {**config, "seconds": round(seconds, 1)})
     return RunResult(run_dir, counts, dataset.notes, temperature, val_auc, points, seconds)

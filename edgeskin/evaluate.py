@@ -1,0 +1,212 @@
+"""Evaluate a model on a labelled set: metrics.json, figures and a model card.
+
+A .tflite model is scored through the runtime, exactly as an app would run
+it; a Keras model or run folder through Keras. The set is any layout that
+`train` accepts: its test/ split when it has one (leaving out test images
+that near-duplicate a train or val image), otherwise every image in it.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from edgeskin import calibration, data, figures, metrics
+
+METRICS_FILE = "metrics.json"
+PREDICTIONS_FILE = "predictions.csv"
+
+
+class EvaluationError(ValueError):
+    """An evaluation that cannot run."""
+
+
+@dataclass(frozen=True)
+class Scorer:
+    """A model that maps samples to malignant probabilities, and what it knows of itself."""
+
+    name: str
+    path: Path
+    kind: str  # "tflite" or "keras"
+    operating_points: dict  # name -> threshold
+    temperature: float | None
+    info: dict
+    run_dir: Path | None
+
+    def score(self, samples, progress=None) -> np.ndarray:
+        samples = list(samples)
+        if self.kind == "tflite":
+            from edgeskin.runtime import Classifier
+
+            classifier = Classifier(self.path, num_threads=os.cpu_count())
+            out, failed = [], []
+            results = classifier.predict([s.path for s in samples], threshold=0.5)
+            for r in progress(results, len(samples)) if progress else results:
+                if hasattr(r, "error"):
+                    failed.append(r.error)
+                out.append(getattr(r, "malignant_probability", np.nan))
+            if failed:
+                raise EvaluationError(f"{len(failed)} unreadable image(s): {failed[0]}")
+            return np.array(out, dtype=np.float64)
+        from edgeskin import model as model_lib
+
+        net = model_lib.load(self.path)
+        size = int(net.input_shape[1])
+        chunks = [samples[i : i + 64] for i in range(0, len(samples), 64)]
+        out = []
+        for chunk in progress(chunks, len(chunks)) if progress else chunks:
+            y = net.predict(data.load_images(chunk, size), verbose=0)
+            # A serving model gives [benign, malignant]; a training model one logit.
+            out.append(y[:, 1] if y.shape[1] == 2 else calibration.sigmoid(y[:, 0]))
+        return np.concatenate(out).astype(np.float64)
+
+
+def load_scorer(source) -> Scorer:
+    source = Path(source)
+    if not source.exists():
+        raise EvaluationError(f"{source}: no such model file or run folder")
+    if source.suffix == ".tflite":
+        from edgeskin import metadata
+        from edgeskin.runtime import RuntimeModelError
+
+        try:
+            info = metadata.read(source.read_bytes())
+        except metadata.MetadataError as exc:
+            raise RuntimeModelError(f"{source}: {exc}") from exc
+        points = {k: v["threshold"] for k, v in info.get("operating_points", {}).items()}
+        return Scorer(source.name, source, "tflite", points, info.get("temperature"), info, None)
+    run_dir = source if source.is_dir() else source.parent
+    keras_path = source if source.is_file() else source / "model.keras"
+    if keras_path.suffix != ".keras":
+        raise EvaluationError(f"{source}: expected a .tflite or .keras model, or a run folder")
+    cal_file = run_dir / "calibration.json"
+    cal = json.loads(cal_file.read_text()) if cal_file.is_file() else {}
+    points = {k: v["threshold"] for k, v in cal.get("operating_points", {}).items()}
+    is_run = (run_dir / "history.csv").is_file()
+    return Scorer(keras_path.name, keras_path, "keras", points, cal.get("temperature"), cal, run_dir if is_run else None)
+
+
+def evaluation_set(source) -> tuple[tuple[data.Sample, ...], dict]:
+    """The samples to report on, and a description of how they were chosen."""
+    ds = data.discover(source)
+    if ds.test:
+        kept, dropped = data.held_out_test(ds)
+        desc = {"source": str(Path(source).resolve()), "split": "test", "images": len(ds.test),
+                "near_duplicates_left_out": dropped, "evaluated": len(kept),
+                "rule": "test images within the near-duplicate distance of any train or val image are left out"}
+    else:
+        kept = ds.train + ds.val
+        desc = {"source": str(Path(source).resolve()), "split": "all", "images": len(kept),
+                "near_duplicates_left_out": 0, "evaluated": len(kept), "rule": "every image in the set"}
+    data.check_classes(kept, f"{source}: evaluation set")
+    return kept, desc
+
+
+def write_predictions(path: Path, samples, p: np.ndarray) -> None:
+    with open(path, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "malignant_probability"])
+        for s, v in zip(samples, p):
+            w.writerow([s.path, data.LABELS[s.label], f"{v:.6f}"])
+
+
+def report_files(y, p, thresholds: dict, out: Path, temperature=None, compare=None, history=None,
+                 n_boot: int = 1000) -> dict:
+    """Metrics and figures for one scored set; shared by `evaluate` and the end of `train`."""
+    out.mkdir(parents=True, exist_ok=True)
+    figs = out / "figures"
+    figs.mkdir(exist_ok=True)
+    m = metrics.report(y, p, thresholds, temperature, n_boot=n_boot)
+    named = {k: v for k, v in m["thresholds"].items()}
+    curves = {"model": (y, p, m["roc_auc"]["value"])}
+    pr = {"model": (y, p, m["pr_auc"]["value"])}
+    if compare is not None:
+        cname, cp, cm = compare
+        curves[cname] = (y, cp, cm["roc_auc"]["value"])
+        pr[cname] = (y, cp, cm["pr_auc"]["value"])
+    written = [
+        figures.roc(curves, named, figs / "roc.png"),
+        figures.precision_recall(pr, figs / "precision_recall.png"),
+        figures.reliability(y, p, figs / "reliability.png",
+                            before=metrics.uncalibrated(p, temperature) if temperature else None),
+        figures.threshold_sweep(y, p, named, figs / "threshold_sweep.png"),
+        figures.confusion_matrices(named, figs / "confusion_matrices.png"),
+        figures.histograms(y, p, named, figs / "probability_histograms.png"),
+    ]
+    if history is not None:
+        written.append(figures.training_curves(history, figs / "training_curves.png"))
+    m["figures"] = sorted(str(f.relative_to(out)) for f in written if f is not None)
+    return m
+
+
+def evaluate(model, source, out, threshold: float | None = None, compare=None, n_boot: int = 1000,
+             progress=None, run_dir=None) -> dict:
+    """Score model (and optionally compare) on source and write everything to out."""
+    out = Path(out)
+    scorer = load_scorer(model)
+    samples, desc = evaluation_set(source)
+    y = np.array([s.label for s in samples])
+    p = scorer.score(samples, progress)
+    thresholds = dict(scorer.operating_points)
+    if threshold is not None:
+        thresholds["requested"] = float(threshold)
+    if not thresholds:
+        thresholds["requested"] = 0.5
+    cmp = None
+    if compare is not None:
+        other = load_scorer(compare)
+        cp = other.score(samples, progress)
+        cthr = dict(other.operating_points) or {"requested": threshold if threshold is not None else 0.5}
+        cm = metrics.report(y, cp, cthr, other.temperature, n_boot=n_boot)
+        cmp = (other.name, cp, cm)
+    run = Path(run_dir) if run_dir else scorer.run_dir
+    history = run / "history.csv" if run else None
+    out.mkdir(parents=True, exist_ok=True)
+    m = report_files(y, p, thresholds, out, scorer.temperature, cmp, history, n_boot)
+    result = {
+        "model": {"name": scorer.name, "path": str(scorer.path), "kind": scorer.kind,
+                  "quantization": scorer.info.get("quantization", "float32" if scorer.kind == "keras" else None),
+                  "temperature": scorer.temperature, "operating_points": scorer.operating_points},
+        "data": desc,
+        "metrics": m,
+    }
+    if cmp is not None:
+        result["compare"] = {"model": {"name": cmp[0], "path": str(compare)}, "metrics": cmp[2]}
+    write_predictions(out / PREDICTIONS_FILE, samples, p)
+    tmp = out / (METRICS_FILE + ".tmp")
+    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    os.replace(tmp, out / METRICS_FILE)
+    return result
+
+
+def table(result: dict) -> str:
+    """The headline figures as a plain-text table."""
+    m = result["metrics"]
+
+    def ci(entry, fmt="{:.3f}"):
+        lo, hi = entry["ci95"]
+        return f"{fmt.format(entry['value'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
+
+    d = result["data"]
+    lines = [f"{result['model']['name']} on {d['evaluated']} images ({m['n_malignant']} malignant, {m['n_benign']} benign; "
+             f"{d['near_duplicates_left_out']} near-duplicates of training images left out)",
+             f"  ROC AUC          {ci(m['roc_auc'])}",
+             f"  PR AUC           {ci(m['pr_auc'])}",
+             f"  Brier            {ci(m['brier'])}",
+             f"  ECE (15 bins)    {ci(m['ece'])}" + (f"   before temperature: {ci(m['ece_before_temperature'])}"
+                                                     if "ece_before_temperature" in m else "")]
+    for t, v in m["specificity_at_sensitivity"].items():
+        lines.append(f"  specificity at sensitivity {t}: {ci(v)}")
+    lines.append(f"  {'point':<11}{'threshold':>9}  {'sensitivity':<22}{'specificity':<22}{'PPV':<22}{'NPV':<22}")
+    for name, pt in m["thresholds"].items():
+        lines.append(f"  {name:<11}{pt['threshold']:>9.4f}  {ci(pt['sensitivity']):<22}{ci(pt['specificity']):<22}"
+                     f"{ci(pt['ppv']):<22}{ci(pt['npv']):<22}")
+    if "compare" in result:
+        c = result["compare"]["metrics"]
+        lines.append(f"compare {result['compare']['model']['name']}: ROC AUC {ci(c['roc_auc'])}, PR AUC {ci(c['pr_auc'])}")
+    return "\n".join(lines)

@@ -1,0 +1,158 @@
+"""The evaluation figures, as PNG files that can be read at a glance."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import numpy as np
+
+COLOURS = {"screening": "#d62728", "balanced": "#1f77b4", "specific": "#2ca02c", "requested": "#9467bd"}
+
+
+def _plt():
+    import matplotlib
+
+    matplotlib.use("Agg")  # no display on servers and in CI
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
+def _save(fig, path: Path) -> Path:
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    _plt().close(fig)
+    return path
+
+
+def roc(curves: dict[str, tuple], points: dict[str, dict], path: Path) -> Path:
+    """ROC curves (name -> (y, p, auc)) with the first model's operating points marked."""
+    from sklearn.metrics import roc_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, (y, p, auc) in curves.items():
+        fpr, tpr, _ = roc_curve(y, p)
+        ax.plot(fpr, tpr, lw=2, label=f"{name} (AUC {auc:.3f})")
+    for name, m in points.items():
+        ax.plot(1 - m["specificity"]["value"], m["sensitivity"]["value"], "o", ms=9,
+                color=COLOURS.get(name, "k"), label=f"{name} @ {m['threshold']:.3f}")
+    ax.plot([0, 1], [0, 1], ":", color="grey")
+    ax.set(xlabel="1 - specificity (false-positive rate)", ylabel="sensitivity", title="ROC curve", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower right", fontsize=8)
+    return _save(fig, path)
+
+
+def precision_recall(curves: dict[str, tuple], path: Path) -> Path:
+    from sklearn.metrics import precision_recall_curve
+
+    plt = _plt()
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, (y, p, ap) in curves.items():
+        precision, recall, _ = precision_recall_curve(y, p)
+        ax.plot(recall, precision, lw=2, label=f"{name} (AP {ap:.3f})")
+        ax.axhline(np.mean(y), ls=":", color="grey")
+    ax.set(xlabel="recall (sensitivity)", ylabel="precision (PPV)", title="Precision-recall curve", xlim=(0, 1), ylim=(0, 1.01))
+    ax.legend(loc="lower left", fontsize=8)
+    return _save(fig, path)
+
+
+def reliability(y, p, path: Path, bins: int = 15, before=None) -> Path:
+    """Reliability diagram over a histogram of the probabilities."""
+    plt = _plt()
+    fig, (ax, hx) = plt.subplots(2, 1, figsize=(5.5, 6), gridspec_kw={"height_ratios": [3, 1]}, sharex=True)
+    edges = np.linspace(0, 1, bins + 1)
+
+    def curve(probs, label, style):
+        idx = np.minimum((np.asarray(probs) * bins).astype(int), bins - 1)
+        xs, ys = [], []
+        for b in range(bins):
+            m = idx == b
+            if m.any():
+                xs.append(np.mean(np.asarray(probs)[m]))
+                ys.append(np.mean(np.asarray(y)[m]))
+        ax.plot(xs, ys, style, label=label)
+
+    if before is not None:
+        curve(before, "before temperature scaling", "s--")
+    curve(p, "calibrated", "o-")
+    ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
+    ax.set(ylabel="observed malignant fraction", title="Reliability diagram", ylim=(0, 1))
+    ax.legend(fontsize=8, loc="upper left")
+    hx.hist(p, bins=edges, color="#7f7f7f")
+    hx.set(xlabel="malignant_probability", ylabel="images")
+    return _save(fig, path)
+
+
+def threshold_sweep(y, p, points: dict[str, dict], path: Path) -> Path:
+    """Sensitivity, specificity and PPV against the threshold."""
+    from edgeskin.metrics import at_threshold
+
+    plt = _plt()
+    ts = np.linspace(0, 1, 201)
+    rows = [at_threshold(y, p, t) for t in ts]
+    fig, ax = plt.subplots(figsize=(6.5, 4.5))
+    for key, style in (("sensitivity", "-"), ("specificity", "-"), ("ppv", "--")):
+        ax.plot(ts, [r[key] for r in rows], style, lw=2, label=key)
+    for name, m in points.items():
+        ax.axvline(m["threshold"], color=COLOURS.get(name, "k"), ls=":", lw=1.5, label=f"{name} ({m['threshold']:.3f})")
+    ax.set(xlabel="threshold on malignant_probability", ylabel="rate", title="Threshold sweep", xlim=(0, 1), ylim=(0, 1.02))
+    ax.legend(fontsize=8, loc="lower left")
+    return _save(fig, path)
+
+
+def confusion_matrices(points: dict[str, dict], path: Path) -> Path:
+    plt = _plt()
+    fig, axes = plt.subplots(1, len(points), figsize=(3.6 * len(points), 3.4), squeeze=False)
+    for ax, (name, m) in zip(axes[0], points.items()):
+        c = m["confusion"]
+        grid = np.array([[c["tn"], c["fp"]], [c["fn"], c["tp"]]])
+        ax.imshow(grid, cmap="Blues")
+        for (i, j), v in np.ndenumerate(grid):
+            ax.text(j, i, str(v), ha="center", va="center", fontsize=13,
+                    color="white" if v > grid.max() / 2 else "black")
+        ax.set_xticks([0, 1], ["benign", "malignant"])
+        ax.set_yticks([0, 1], ["benign", "malignant"])
+        ax.set(xlabel="predicted", ylabel="actual", title=f"{name} (t={m['threshold']:.3f})")
+    return _save(fig, path)
+
+
+def histograms(y, p, points: dict[str, dict], path: Path) -> Path:
+    plt = _plt()
+    y, p = np.asarray(y).astype(bool), np.asarray(p)
+    fig, ax = plt.subplots(figsize=(6.5, 4))
+    edges = np.linspace(0, 1, 41)
+    ax.hist(p[~y], bins=edges, alpha=0.6, label=f"benign (n={int((~y).sum())})", color="#1f77b4")
+    ax.hist(p[y], bins=edges, alpha=0.6, label=f"malignant (n={int(y.sum())})", color="#d62728")
+    for name, m in points.items():
+        ax.axvline(m["threshold"], color=COLOURS.get(name, "k"), ls=":", lw=1.5, label=name)
+    ax.set(xlabel="malignant_probability", ylabel="images", title="Probabilities by true class")
+    ax.legend(fontsize=8)
+    return _save(fig, path)
+
+
+def training_curves(history_csv: Path, path: Path) -> Path | None:
+    """Loss and validation AUC per epoch, both phases on one time axis."""
+    history_csv = Path(history_csv)
+    if not history_csv.is_file():
+        return None
+    with open(history_csv) as f:
+        rows = list(csv.DictReader(f))
+    if not rows:
+        return None
+    plt = _plt()
+    fig, (lx, ax) = plt.subplots(1, 2, figsize=(10, 4))
+    x = np.arange(1, len(rows) + 1)
+    for key, style in (("loss", "-"), ("val_loss", "--")):
+        lx.plot(x, [float(r[key]) for r in rows], style, label=key)
+    ax.plot(x, [float(r["val_auc"]) for r in rows], "o-", ms=3, label="val_auc")
+    switch = sum(r["phase"] == "head" for r in rows)
+    for a in (lx, ax):
+        if switch < len(rows):
+            a.axvline(switch + 0.5, color="grey", ls=":", label="fine-tuning starts")
+        a.set_xlabel("epoch (head, then fine-tuning)")
+        a.legend(fontsize=8)
+    lx.set(ylabel="loss", title="Loss")
+    ax.set(ylabel="ROC AUC", title="Validation AUC")
+    return _save(fig, path)

@@ -1,0 +1,111 @@
+"""Screening metrics with bootstrap confidence intervals.
+
+scikit-learn does the curve maths; this module adds what a screening report
+needs on top: rates at a threshold, specificity at fixed sensitivities, and
+a percentile bootstrap around every figure.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
+
+from edgeskin import calibration
+
+SENSITIVITY_TARGETS = (0.90, 0.95, 0.99)
+
+
+def _safe_div(a: float, b: float) -> float:
+    return float(a / b) if b else float("nan")
+
+
+def at_threshold(y, p, threshold: float) -> dict:
+    """Confusion matrix and rates of the rule p >= threshold."""
+    y = np.asarray(y).astype(bool)
+    flagged = np.asarray(p) >= threshold
+    tp, fn = int((flagged & y).sum()), int((~flagged & y).sum())
+    fp, tn = int((flagged & ~y).sum()), int((~flagged & ~y).sum())
+    sens, spec = _safe_div(tp, tp + fn), _safe_div(tn, tn + fp)
+    ppv, npv = _safe_div(tp, tp + fp), _safe_div(tn, tn + fn)
+    return {
+        "threshold": float(threshold),
+        "sensitivity": sens,
+        "specificity": spec,
+        "ppv": ppv,
+        "npv": npv,
+        "f1": _safe_div(2 * tp, 2 * tp + fp + fn),
+        "balanced_accuracy": (sens + spec) / 2,
+        "confusion": {"tp": tp, "fn": fn, "fp": fp, "tn": tn},
+    }
+
+
+def specificity_at_sensitivity(y, p, target: float) -> float:
+    """The best specificity of any threshold whose sensitivity is >= target."""
+    fpr, tpr, _ = roc_curve(np.asarray(y).astype(int), p)
+    ok = tpr >= target - 1e-12
+    return float(1.0 - fpr[ok].min())
+
+
+def bootstrap(fn, y, p, n: int = 1000, seed: int = 0, level: float = 0.95):
+    """Percentile bootstrap interval of fn(y, p), resampling cases with replacement.
+
+    fn may return a scalar, giving (lo, hi), or a vector, giving an array of
+    (lo, hi) rows. Resamples that hold only one class are skipped, since AUC
+    and the rates are undefined on them.
+    """
+    y, p = np.asarray(y), np.asarray(p)
+    rng = np.random.default_rng(seed)
+    values = []
+    for _ in range(n):
+        idx = rng.integers(0, len(y), len(y))
+        yy = y[idx]
+        if yy.min() == yy.max():
+            continue
+        values.append(np.atleast_1d(np.asarray(fn(yy, p[idx]), dtype=np.float64)))
+    if not values:
+        return float("nan"), float("nan")
+    bounds = np.nanquantile(np.array(values), [(1 - level) / 2, (1 + level) / 2], axis=0).T
+    return (float(bounds[0, 0]), float(bounds[0, 1])) if np.ndim(fn(y, p)) == 0 else bounds
+
+
+def _with_ci(fn, y, p, n, seed) -> dict:
+    lo, hi = bootstrap(fn, y, p, n, seed)
+    return {"value": float(fn(np.asarray(y), np.asarray(p))), "ci95": [lo, hi]}
+
+
+def uncalibrated(p, temperature: float) -> np.ndarray:
+    """Undo temperature scaling: sigmoid(T * logit(p))."""
+    return calibration.sigmoid(temperature * calibration.logit(p))
+
+
+def report(y, p, thresholds: dict[str, float], temperature: float | None = None,
+           n_boot: int = 1000, seed: int = 0) -> dict:
+    """Every figure of the evaluation, each with its 95% interval, under stable keys."""
+    y = np.asarray(y).astype(int)
+    p = np.asarray(p, dtype=np.float64)
+    out = {
+        "n": int(len(y)),
+        "n_malignant": int(y.sum()),
+        "n_benign": int(len(y) - y.sum()),
+        "roc_auc": _with_ci(roc_auc_score, y, p, n_boot, seed),
+        "pr_auc": _with_ci(average_precision_score, y, p, n_boot, seed),
+        "brier": _with_ci(brier_score_loss, y, p, n_boot, seed),
+        "ece": _with_ci(calibration.expected_calibration_error, y, p, n_boot, seed),
+        "specificity_at_sensitivity": {
+            f"{t:.2f}": _with_ci(lambda a, b, t=t: specificity_at_sensitivity(a, b, t), y, p, n_boot, seed)
+            for t in SENSITIVITY_TARGETS
+        },
+        "thresholds": {},
+    }
+    if temperature is not None:
+        out["temperature"] = float(temperature)
+        out["ece_before_temperature"] = _with_ci(
+            lambda a, b: calibration.expected_calibration_error(uncalibrated(b, temperature), a), y, p, n_boot, seed)
+    keys = ("sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy")
+    for name, t in thresholds.items():
+        point = at_threshold(y, p, t)
+        bounds = bootstrap(lambda a, b, t=t: [at_threshold(a, b, t)[k] for k in keys], y, p, n_boot, seed)
+        for key, (lo, hi) in zip(keys, bounds):
+            point[key] = {"value": point[key], "ci95": [float(lo), float(hi)]}
+        out["thresholds"][name] = point
+    return out
