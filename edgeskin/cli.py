@@ -138,8 +138,9 @@ def export(source, quantization, out, representative_images):
 @click.option("--operating-point", default=None, help="A named operating point from the model: screening, balanced, specific.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image, one per line.")
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads [default: 1].")
+@click.option("--tta", is_flag=True, help="Average over the image and its flips (4x the compute).")
 @_friendly
-def predict(paths, model, threshold, operating_point, as_json, threads):
+def predict(paths, model, threshold, operating_point, as_json, threads, tta):
     """Classify dermoscopic images (files or folders) with a TFLite model.
 
     Runs on the light runtime, with no TensorFlow. The threshold defaults to
@@ -156,7 +157,7 @@ def predict(paths, model, threshold, operating_point, as_json, threads):
     if not images:
         raise click.ClickException("no images found in " + ", ".join(paths))
     failed = 0
-    for result in classifier.predict(images, cut):
+    for result in classifier.predict(images, cut, tta=tta):
         failed += not hasattr(result, "label")
         if as_json:
             click.echo(json.dumps(result.to_dict()))
@@ -201,6 +202,42 @@ def evaluate(model, data, threshold, out, compare, run_dir, bootstrap):
     (Path(out) / "MODEL_CARD.md").write_text(card.render(result, load_scorer(model).info))
     click.echo(table(result))
     click.echo(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'MODEL_CARD.md'} and {Path(out) / 'figures'}/")
+
+
+@main.command()
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A float Keras model (.keras) [default: the shipped models/edgeskin.keras].")
+@click.option("--out", type=click.Path(file_okay=False), default="explanations", show_default=True)
+@click.option("--opacity", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
+              help="Heatmap opacity in the overlay.")
+@_friendly
+def explain(images, model, out, opacity):
+    """Save Grad-CAM heatmaps and overlays showing what drove the malignant score.
+
+    Example: edgeskin explain data/samples/malignant_1.jpg --out explanations
+    """
+    from pathlib import Path
+
+    from edgeskin import explain as explain_lib
+    from edgeskin import model as model_lib
+    from edgeskin.imageio import ImageError, find_images
+    from edgeskin.runtime import default_model
+
+    keras_path = Path(model) if model else default_model("edgeskin.keras")
+    net = model_lib.load(keras_path)
+    failed = 0
+    for path in find_images(images):
+        try:
+            result = explain_lib.explain(net, path, opacity)
+        except ImageError as exc:
+            failed += 1
+            click.echo(f"{path}: error: {exc}", err=True)
+            continue
+        _, overlay = explain_lib.save(result, out)
+        click.echo(f"{path}: malignant_probability {result.malignant_probability:.3f} -> {overlay}")
+    if failed:
+        raise click.ClickException(f"{failed} image(s) could not be read")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -168,7 +168,7 @@ def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> 
     checks = {"calibration_images": len(y_val), "float_auc": float_auc, "auc": auc,
               f"{d}_decision_agreement": agreement, "max_auc_drop": options.max_auc_drop, "passed": passed}
     info = build_info(run, options, size, points, checks)
-    final = metadata.embed_json(tflite, info)
+    final = metadata.embed_for_apps(tflite, info)
     if not passed:
         # Keep whatever was at `out` before: a failed model never replaces a good one.
         target = out.with_name(out.stem + ".failed.tflite")

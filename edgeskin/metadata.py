@@ -1,8 +1,15 @@
 """Metadata carried inside a .tflite file, so one file is enough for an app.
 
 A TFLite model is a flatbuffer whose Model table has a `metadata` vector of
-(name, buffer) pairs. edgeskin stores its JSON (labels, input size,
-temperature, operating points, version) under the name "edgeskin".
+(name, buffer) pairs. An exported edgeskin model carries:
+  - "TFLITE_METADATA": standard TFLite Model Metadata (schema M001), which
+    MediaPipe Tasks, the TFLite Support library and Android Studio read:
+    name, version, author, licence, RGB input size, the label file and the
+    screening threshold as score thresholding;
+  - "edgeskin": edgeskin's own JSON (labels, input, temperature, operating
+    points, training summary, checks), for readers with no schema at hand;
+  - a zip archive appended to the flatbuffer, as the metadata spec asks,
+    holding the associated files labels.txt and edgeskin.json.
 
 Reading is done here with a few lines of `struct`, not the flatbuffers
 package, because the runtime may import nothing but numpy, Pillow and the
@@ -16,6 +23,12 @@ import json
 import struct
 
 KEY = "edgeskin"
+STANDARD_KEY = "TFLITE_METADATA"
+LABEL_FILE = "labels.txt"
+INFO_FILE = "edgeskin.json"
+AUTHOR = "edgeskin developers"
+LICENSE = ("Code: Apache-2.0. Weights: trained on ISIC Archive images (CC-0, CC-BY and CC-BY-NC); "
+           "research and non-commercial use. A screening aid, not a diagnosis.")
 
 # Field indices in TFLite's schema.fbs.
 _MODEL_BUFFERS, _MODEL_METADATA = 4, 6
@@ -125,3 +138,107 @@ def embed(model: bytes, extra: dict[str, bytes]) -> bytes:
 
 def embed_json(model: bytes, info: dict) -> bytes:
     return embed(model, {KEY: json.dumps(info, sort_keys=True).encode("utf-8")})
+
+
+def standard_metadata(info: dict) -> bytes:
+    """TFLite Model Metadata (the M001 flatbuffer) describing an edgeskin model."""
+    import flatbuffers
+
+    from edgeskin._vendor import metadata_schema_py_generated as md
+
+    size = int(info["input"]["size"])
+    image = md.TensorMetadataT()
+    image.name = "image"
+    image.description = (f"RGB dermoscopic image, {size}x{size}, raw pixel values 0-255 "
+                         f"({info['input']['resize']}); scaling to [-1, 1] is inside the model.")
+    props = md.ImagePropertiesT()
+    props.colorSpace = md.ColorSpaceType.RGB
+    props.defaultSize = md.ImageSizeT()
+    props.defaultSize.width = props.defaultSize.height = size
+    image.content = md.ContentT()
+    image.content.contentPropertiesType = md.ContentProperties.ImageProperties
+    image.content.contentProperties = props
+    if info["input"]["dtype"] != "uint8":
+        # Float input: readers normalise as (x - mean) / std, and the model
+        # wants raw pixels, so the normalisation is the identity.
+        norm = md.NormalizationOptionsT()
+        norm.mean, norm.std = [0.0], [1.0]
+        unit = md.ProcessUnitT()
+        unit.optionsType = md.ProcessUnitOptions.NormalizationOptions
+        unit.options = norm
+        image.processUnits = [unit]
+    image.stats = md.StatsT()
+    image.stats.max, image.stats.min = [255.0], [0.0]
+
+    out = md.TensorMetadataT()
+    out.name = "probabilities"
+    point = info["operating_points"][info["default_operating_point"]]
+    out.description = (f"Temperature-calibrated probabilities of {', '.join(info['labels'])}. Malignant when its "
+                       f"probability >= {point['threshold']:.4f}, the '{info['default_operating_point']}' operating point.")
+    out.content = md.ContentT()
+    out.content.contentPropertiesType = md.ContentProperties.FeatureProperties
+    out.content.contentProperties = md.FeaturePropertiesT()
+    out.stats = md.StatsT()
+    out.stats.max, out.stats.min = [1.0], [0.0]
+    labels = md.AssociatedFileT()
+    labels.name = LABEL_FILE
+    labels.description = "Output category labels, one per line, in output order."
+    labels.type = md.AssociatedFileType.TENSOR_AXIS_LABELS
+    out.associatedFiles = [labels]
+    # Score thresholding: a classifier that honours it reports 'malignant'
+    # exactly when the default operating point calls the image malignant.
+    threshold = md.ScoreThresholdingOptionsT()
+    threshold.globalScoreThreshold = float(point["threshold"])
+    unit = md.ProcessUnitT()
+    unit.optionsType = md.ProcessUnitOptions.ScoreThresholdingOptions
+    unit.options = threshold
+    out.processUnits = [unit]
+
+    subgraph = md.SubGraphMetadataT()
+    subgraph.inputTensorMetadata = [image]
+    subgraph.outputTensorMetadata = [out]
+    extra = md.AssociatedFileT()
+    extra.name = INFO_FILE
+    extra.description = "edgeskin metadata: temperature, operating points, training data summary, export checks."
+    extra.type = md.AssociatedFileType.DESCRIPTIONS
+    model = md.ModelMetadataT()
+    model.name = info["name"]
+    model.description = info["description"]
+    model.version = info["version"]
+    model.author = AUTHOR
+    model.license = LICENSE
+    model.subgraphMetadata = [subgraph]
+    model.associatedFiles = [extra]
+    model.minParserVersion = "1.0.0"  # nothing newer than schema 1.0.0 is used
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), b"M001")
+    return bytes(builder.Output())
+
+
+def embed_for_apps(model: bytes, info: dict) -> bytes:
+    """The model with standard metadata, edgeskin's JSON and the associated files zip."""
+    import io
+    import zipfile
+
+    text = json.dumps(info, indent=2, sort_keys=True)
+    flat = embed(model, {STANDARD_KEY: standard_metadata(info), KEY: text.encode("utf-8")})
+    buf = io.BytesIO()
+    buf.write(flat)
+    # Appending a zip to the flatbuffer is how the metadata spec packs
+    # associated files; stored, not deflated, so readers can map them.
+    with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_STORED) as zf:
+        zf.writestr(LABEL_FILE, "\n".join(info["labels"]) + "\n")
+        zf.writestr(INFO_FILE, text + "\n")
+    return buf.getvalue()
+
+
+def associated_files(model: bytes) -> dict[str, bytes]:
+    """The files packed in the zip appended to a model ({} when there is none)."""
+    import io
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(io.BytesIO(model)) as zf:
+            return {name: zf.read(name) for name in zf.namelist()}
+    except zipfile.BadZipFile:
+        return {}

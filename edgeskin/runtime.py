@@ -42,13 +42,13 @@ def _interpreter_class():
     return Interpreter
 
 
-def default_model() -> Path:
-    """The shipped model: installed beside the package, or in the checkout's models/."""
+def default_model(name: str = DEFAULT_MODEL_NAME) -> Path:
+    """A shipped model file: installed beside the package, or in the checkout's models/."""
     here = Path(__file__).resolve().parent
     for folder in (here / "models", here.parent / "models"):
-        if (folder / DEFAULT_MODEL_NAME).is_file():
-            return folder / DEFAULT_MODEL_NAME
-    raise RuntimeModelError(f"no shipped model {DEFAULT_MODEL_NAME} found; pass --model FILE")
+        if (folder / name).is_file():
+            return folder / name
+    raise RuntimeModelError(f"no shipped model {name} found; pass --model FILE")
 
 
 @dataclass(frozen=True)
@@ -128,8 +128,20 @@ class Classifier:
         return points[name]
 
     # Inference ------------------------------------------------------------
-    def malignant_probability(self, pixels: np.ndarray) -> float:
-        """One (size, size, 3) uint8 image in, the malignant probability out."""
+    def malignant_probability(self, pixels: np.ndarray, tta: bool = False) -> float:
+        """One (size, size, 3) uint8 image in, the malignant probability out.
+
+        With tta, the mean over the image and its three flips (left-right,
+        up-down, both): a dermoscopic lesion has no 'up', so each is an
+        equally valid view, and averaging smooths out orientation noise at
+        four times the cost.
+        """
+        if tta:
+            views = (pixels, pixels[:, ::-1], pixels[::-1], pixels[::-1, ::-1])
+            return float(np.mean([self._invoke(v) for v in views]))
+        return self._invoke(pixels)
+
+    def _invoke(self, pixels: np.ndarray) -> float:
         x = pixels[None].astype(np.float32)
         dtype = self._input["dtype"]
         scale, zero = self._input["quantization"]
@@ -148,7 +160,7 @@ class Classifier:
             y = (y - zero) * scale
         return float(np.clip(y[self._malignant], 0.0, 1.0))
 
-    def predict(self, paths, threshold: float, workers: int | None = None):
+    def predict(self, paths, threshold: float, workers: int | None = None, tta: bool = False):
         """Yield a Prediction or a Failure per path, in order.
 
         Images are decoded in a thread pool while the interpreter runs, so a
@@ -181,4 +193,4 @@ class Classifier:
                 if isinstance(pixels, ImageError):
                     yield Failure(path, str(pixels))
                 else:
-                    yield Prediction(path, self.malignant_probability(pixels), threshold)
+                    yield Prediction(path, self.malignant_probability(pixels, tta), threshold)

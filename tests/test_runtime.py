@@ -58,3 +58,13 @@ print(json.dumps({{"loaded": loaded, "output": r.output}}))
     result = json.loads(out.stdout.strip().splitlines()[-1])
     assert result["loaded"] == []
     assert json.loads(result["output"])["path"] == str(image)
+
+
+@pytest.mark.slow
+def test_tta_averages_the_four_flips(tiny_run):
+    c = Classifier(tiny_run["tflite"])
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    views = [x, x[:, ::-1], x[::-1], x[::-1, ::-1]]
+    expected = np.mean([c.malignant_probability(np.ascontiguousarray(v)) for v in views])
+    assert c.malignant_probability(x, tta=True) == pytest.approx(expected)

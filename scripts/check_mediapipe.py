@@ -1,0 +1,63 @@
+"""Check that MediaPipe Tasks' ImageClassifier runs an edgeskin model unchanged.
+
+Runs in its own environment (mediapipe pins opencv-contrib-python, which
+clashes with the training stack's OpenCV): the light edgeskin runtime plus
+the `mediapipe` package. For every image it compares MediaPipe's 'malignant'
+score with edgeskin's runtime, and passes when they agree within one
+quantisation step of the uint8 output (1/256).
+
+    .venv-mediapipe/bin/python scripts/check_mediapipe.py models/edgeskin_int8.tflite data/samples
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+
+import numpy as np
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("model")
+    parser.add_argument("images", nargs="+")
+    args = parser.parse_args(argv)
+
+    import mediapipe as mp
+    from mediapipe.tasks.python import vision
+    from mediapipe.tasks.python.core.base_options import BaseOptions
+
+    from edgeskin.imageio import find_images, load_rgb
+    from edgeskin.runtime import Classifier
+
+    ours = Classifier(args.model)
+    options = vision.ImageClassifierOptions(
+        base_options=BaseOptions(model_asset_path=args.model),
+        max_results=-1,
+        # The C API reads any threshold <= 0 as "unset" and falls back on the
+        # model's own (the screening point), which hides 'malignant' below it.
+        # The smallest positive value keeps every category with a non-zero score.
+        score_threshold=1e-9,
+    )
+    step = 1.0 / 256
+    worst = 0.0
+    with vision.ImageClassifier.create_from_options(options) as classifier:
+        for path in find_images(args.images):
+            pixels = load_rgb(path, ours.image_size)
+            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
+            result = classifier.classify(image)
+            categories = {c.category_name: c.score for c in result.classifications[0].categories}
+            if "malignant" not in categories:
+                print(f"FAIL {path}: MediaPipe returned no 'malignant' category ({categories})")
+                return 1
+            ref = ours.malignant_probability(pixels)
+            diff = abs(categories["malignant"] - ref)
+            worst = max(worst, diff)
+            print(f"{path}: mediapipe malignant {categories['malignant']:.6f}  edgeskin {ref:.6f}  |diff| {diff:.6f}")
+    verdict = "PASS" if worst <= step + 1e-6 else "FAIL"
+    print(f"{verdict}: largest difference {worst:.6f} (one step is {step:.6f})")
+    return 0 if verdict == "PASS" else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
