@@ -9,10 +9,12 @@ if not exist "%VENV%\Scripts\python.exe" (
     py -3 -m venv "%VENV%" || python -m venv "%VENV%" || exit /b 1
     "%VENV%\Scripts\python.exe" -m pip install --quiet --upgrade pip
 )
-set EXTRAS=[train,test]
+set EXTRAS=[train]
+if /I "%~1"=="test" set EXTRAS=[train,app,test]
+if /I "%~1"=="app" set EXTRAS=[train,app]
 if /I "%~1"=="predict" set EXTRAS=
 if "%~1"=="" set EXTRAS=
-if "%EXTRAS%"=="" (set STAMP=%VENV%\.installed-runtime) else (set STAMP=%VENV%\.installed-train)
+if "%EXTRAS%"=="" (set STAMP=%VENV%\.installed-runtime) else (set STAMP=%VENV%\.installed%EXTRAS:,=-%)
 if not exist "%STAMP%" (
     "%VENV%\Scripts\python.exe" -m pip install --quiet -e ".%EXTRAS%" || exit /b 1
     type nul > "%STAMP%"
@@ -24,7 +26,12 @@ if exist "..\shared\weights\%WEIGHTS%" if not exist "%CACHE%\%WEIGHTS%" (
     copy /Y "..\shared\weights\%WEIGHTS%" "%CACHE%\" >nul
 )
 if /I "%~1"=="test" (
-    shift
+    if not exist "%~dp0.venv-mediapipe\.installed" (
+        py -3 -m venv "%~dp0.venv-mediapipe" || python -m venv "%~dp0.venv-mediapipe" || exit /b 1
+        "%~dp0.venv-mediapipe\Scripts\python.exe" -m pip install --quiet "mediapipe==1.2.2" -e . || exit /b 1
+        type nul > "%~dp0.venv-mediapipe\.installed"
+    )
+    set EDGESKIN_MEDIAPIPE_PYTHON=%~dp0.venv-mediapipe\Scripts\python.exe
     "%VENV%\Scripts\python.exe" -m pytest -q
     exit /b %ERRORLEVEL%
 )

@@ -19,7 +19,9 @@ fi
 cmd=${1:-predict}
 case "$cmd" in
     predict|--help|--version) extras="" ;;
-    *) extras="train,test" ;;
+    app) extras="train,app" ;;
+    test) extras="train,app,test" ;;
+    *) extras="train" ;;
 esac
 stamp="$venv/.installed-${extras:-runtime}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
@@ -37,6 +39,16 @@ fi
 
 if [ "$cmd" = test ]; then
     shift
+    # mediapipe pins opencv-contrib-python, which clashes with the training
+    # stack's OpenCV, so its compatibility check gets an environment of its own.
+    mp="$here/.venv-mediapipe"
+    if [ ! -f "$mp/.installed" ] || [ pyproject.toml -nt "$mp/.installed" ]; then
+        [ -x "$mp/bin/python" ] || "$python" -m venv "$mp"
+        "$mp/bin/python" -m pip install --quiet --upgrade pip
+        "$mp/bin/python" -m pip install --quiet "mediapipe==1.2.2" -e .
+        touch "$mp/.installed"
+    fi
+    export EDGESKIN_MEDIAPIPE_PYTHON="$mp/bin/python"
     exec "$venv/bin/python" -m pytest -q "$@"
 fi
 exec "$venv/bin/edgeskin" "$@"

@@ -240,5 +240,35 @@ def explain(images, model, out, opacity):
         raise click.ClickException(f"{failed} image(s) could not be read")
 
 
+@main.command()
+@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="A .tflite model [default: the shipped one].")
+@click.option("--keras", "keras_model", type=click.Path(exists=True, dir_okay=False), default=None,
+              help="Float Keras model for Grad-CAM [default: edgeskin.keras beside the .tflite].")
+@click.option("--port", type=click.IntRange(1024, 65535), default=8501, show_default=True)
+@_friendly
+def app(model, keras_model, port):
+    """Run the web app: upload images, move the threshold, see Grad-CAM.
+
+    Needs the [app] extra (pip install ".[app]"). Uploads stay in memory.
+
+    Example: edgeskin app --port 8501
+    """
+    import subprocess
+    from pathlib import Path
+
+    try:
+        import streamlit  # noqa: F401
+    except ImportError as exc:
+        raise click.ClickException('the web app needs Streamlit: pip install ".[app]"') from exc
+    from edgeskin import app as app_module
+
+    extra = (["--model", model] if model else []) + (["--keras", keras_model] if keras_model else [])
+    cmd = [sys.executable, "-m", "streamlit", "run", str(Path(app_module.__file__)), "--server.headless", "true",
+           "--server.port", str(port), "--server.maxUploadSize", str(app_module.MAX_UPLOAD_MB),
+           "--browser.gatherUsageStats", "false", "--", *extra]
+    raise SystemExit(subprocess.call(cmd))
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

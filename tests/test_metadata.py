@@ -1,3 +1,5 @@
+import json
+
 import pytest
 
 from edgeskin import metadata
@@ -34,3 +36,27 @@ def test_reader_agrees_with_tensorflows_schema(tiny_run):
 def test_garbage_is_a_metadata_error(blob):
     with pytest.raises(metadata.MetadataError):
         metadata.read(blob)
+
+
+@pytest.mark.slow
+def test_standard_model_metadata(tiny_run):
+    from edgeskin._vendor import metadata_schema_py_generated as md
+
+    raw = tiny_run["tflite"].read_bytes()
+    buf = metadata.entries(raw)[metadata.STANDARD_KEY]
+    assert md.ModelMetadata.ModelMetadataBufferHasIdentifier(buf, 0)
+    m = md.ModelMetadataT.InitFromObj(md.ModelMetadata.GetRootAsModelMetadata(buf, 0))
+    info = metadata.read(raw)
+    assert m.name.decode() == "edgeskin" and m.version.decode() == info["version"]
+    assert m.author and m.license and m.minParserVersion.decode() == "1.0.0"
+    sub = m.subgraphMetadata[0]
+    image = sub.inputTensorMetadata[0].content.contentProperties
+    assert image.colorSpace == md.ColorSpaceType.RGB and image.defaultSize.width == 64
+    out = sub.outputTensorMetadata[0]
+    assert out.associatedFiles[0].name.decode() == metadata.LABEL_FILE
+    assert out.associatedFiles[0].type == md.AssociatedFileType.TENSOR_AXIS_LABELS
+    threshold = out.processUnits[0].options.globalScoreThreshold
+    assert threshold == pytest.approx(info["operating_points"]["screening"]["threshold"], abs=1e-6)
+    files = metadata.associated_files(raw)
+    assert files[metadata.LABEL_FILE].decode().split() == ["benign", "malignant"]
+    assert json.loads(files[metadata.INFO_FILE]) == info

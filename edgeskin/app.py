@@ -1,0 +1,162 @@
+"""The edgeskin web app (Streamlit): upload, probability, threshold, Grad-CAM.
+
+Run it with `edgeskin app`. Uploaded images are decoded in memory and never
+written to disk. The app scores with the same TFLite runtime as `predict`;
+Grad-CAM needs the float Keras model and TensorFlow, and is offered only
+when both are available.
+
+Decision levels, from the slider's threshold t and the model's `specific`
+operating point s:
+  benign              p < t
+  uncertain (refer)   t <= p < max(t, s)
+  suspicious          p >= max(t, s)
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import sys
+from pathlib import Path
+
+import numpy as np
+
+MAX_UPLOAD_MB = 10
+DISCLAIMER = ("**Not a diagnosis.** edgeskin is a screening aid for dermoscopic images. It can miss melanoma and "
+              "it raises false alarms. Any lesion that is new, changing, bleeding or worrying must be seen by a doctor, "
+              "whatever this page says.")
+
+
+def decide(p: float, threshold: float, suspicious_at: float) -> str:
+    """Three-level decision; see the module docstring."""
+    if p < threshold:
+        return "benign"
+    if p < max(threshold, suspicious_at):
+        return "uncertain (refer)"
+    return "suspicious"
+
+
+def model_paths(argv) -> tuple[Path, Path | None, Path]:
+    """The .tflite, the optional .keras and the folder with the model card, from the command line."""
+    from edgeskin.runtime import default_model
+
+    args = list(argv)
+
+    def option(flag, env):
+        return args[args.index(flag) + 1] if flag in args else os.environ.get(env)
+
+    tflite = Path(option("--model", "EDGESKIN_MODEL") or default_model())
+    keras_path = Path(option("--keras", "EDGESKIN_KERAS") or tflite.with_name("edgeskin.keras"))
+    return tflite, keras_path if keras_path.is_file() else None, tflite.parent
+
+
+def read_upload(name: str, raw: bytes, size: int):
+    """Pixels of an uploaded file, or an error message; nothing touches the disk."""
+    from edgeskin.imageio import ImageError, load_rgb
+
+    if len(raw) > MAX_UPLOAD_MB * 1024 * 1024:
+        return None, f"{name}: larger than {MAX_UPLOAD_MB} MB"
+    try:
+        return load_rgb(io.BytesIO(raw), size), None
+    except ImageError as exc:
+        return None, f"{name}: not a readable JPG or PNG image ({str(exc).split(': ', 1)[-1]})"
+
+
+def main() -> None:  # pragma: no cover - exercised through Streamlit's AppTest
+    import streamlit as st
+
+    from edgeskin.runtime import Classifier
+
+    st.set_page_config(page_title="edgeskin", layout="wide")
+    tflite, keras_path, model_dir = model_paths(sys.argv[1:])
+
+    @st.cache_resource
+    def classifier(path: str):
+        return Classifier(path)
+
+    @st.cache_resource
+    def keras_model(path: str):
+        try:
+            from edgeskin import model as model_lib
+
+            return model_lib.load(path)
+        except Exception:  # no TensorFlow in this environment: no Grad-CAM
+            return None
+
+    clf = classifier(str(tflite))
+    points = clf.operating_points
+    page = st.sidebar.radio("Page", ["Screen", "Model"])
+    st.sidebar.warning(DISCLAIMER)
+
+    if page == "Model":
+        st.title("The model")
+        card = model_dir / "MODEL_CARD.md"
+        metrics_file = model_dir / "metrics.json"
+        if metrics_file.is_file():
+            m = json.loads(metrics_file.read_text())["metrics"]
+            cols = st.columns(4)
+            cols[0].metric("ROC AUC", f"{m['roc_auc']['value']:.3f}")
+            cols[1].metric("PR AUC", f"{m['pr_auc']['value']:.3f}")
+            cols[2].metric("Brier", f"{m['brier']['value']:.3f}")
+            cols[3].metric("ECE", f"{m['ece']['value']:.3f}")
+            st.table([{"operating point": k, "threshold": round(v["threshold"], 4),
+                       "sensitivity": round(v["sensitivity"]["value"], 3), "specificity": round(v["specificity"]["value"], 3)}
+                      for k, v in m["thresholds"].items()])
+            for f in m.get("figures", []):
+                st.image(str(model_dir / f), caption=Path(f).stem.replace("_", " "))
+        if card.is_file():
+            with st.expander("Model card", expanded=not metrics_file.is_file()):
+                st.markdown(card.read_text().split("## Figures")[0])
+        if not card.is_file() and not metrics_file.is_file():
+            st.info("No model card beside this model.")
+        return
+
+    st.title("edgeskin: dermoscopy screening aid")
+    st.error(DISCLAIMER)
+    default = points.get("screening", 0.5)
+    if "threshold" not in st.session_state:
+        st.session_state.threshold = float(default)
+    preset = st.radio("Operating point", ["custom"] + list(points), horizontal=True, index=1 if points else 0)
+    if preset != "custom" and st.session_state.get("last_preset") != preset:
+        st.session_state.threshold = float(points[preset])
+    st.session_state.last_preset = preset
+    threshold = st.slider("Threshold on malignant_probability", 0.0, 1.0, key="threshold", step=1 / 256, format="%.3f")
+    suspicious_at = points.get("specific", threshold)
+    uploads = st.file_uploader(f"Dermoscopic images (JPG or PNG, up to {MAX_UPLOAD_MB} MB each)",
+                               type=["jpg", "jpeg", "png"], accept_multiple_files=True)
+    net = keras_model(str(keras_path)) if keras_path else None
+    show_cam = st.toggle("Grad-CAM overlay", value=net is not None, disabled=net is None,
+                         help=None if net is not None else "Needs the float Keras model and TensorFlow.")
+    opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, disabled=not show_cam)
+    rows = []
+    for upload in uploads or []:
+        pixels, error = read_upload(upload.name, upload.getvalue(), clf.image_size)
+        if error:
+            st.error(error)
+            rows.append({"file": upload.name, "malignant_probability": None, "decision": "error: " + error})
+            continue
+        p = clf.malignant_probability(pixels)
+        decision = decide(p, threshold, suspicious_at)
+        rows.append({"file": upload.name, "malignant_probability": round(p, 4), "decision": decision})
+        left, right = st.columns(2)
+        left.image(pixels, caption=upload.name, width="stretch")
+        if show_cam and net is not None:
+            from edgeskin import explain
+
+            heat, _ = explain.gradcam(net, pixels)
+            right.image(explain.overlay(pixels, heat, opacity), caption="Grad-CAM: regions that raised the score",
+                        width="stretch")
+        colour = {"benign": "green", "uncertain (refer)": "orange", "suspicious": "red"}[decision]
+        left.markdown(f"### :{colour}[{decision}]")
+        left.markdown(f"malignant_probability **{p:.3f}** (threshold {threshold:.3f})")
+    if len(rows) > 1:
+        import pandas as pd
+
+        table = pd.DataFrame(rows)
+        st.dataframe(table, hide_index=True)
+        st.download_button("Download results (CSV)", table.to_csv(index=False).encode(), "edgeskin_results.csv", "text/csv")
+
+
+if __name__ == "__main__":
+    main()

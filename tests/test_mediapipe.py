@@ -1,0 +1,39 @@
+"""MediaPipe Tasks' ImageClassifier must run the shipped model unchanged.
+
+mediapipe pins opencv-contrib-python, which clashes with the training stack's
+OpenCV, so the check runs in its own environment (`./run.sh test` makes
+.venv-mediapipe) through scripts/check_mediapipe.py.
+"""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = Path(os.environ.get("EDGESKIN_MEDIAPIPE_PYTHON", ROOT / ".venv-mediapipe" / "bin" / "python"))
+
+
+def _check(model: Path, images: Path):
+    if not PYTHON.exists():
+        if os.environ.get("CI"):
+            pytest.fail(f"no MediaPipe environment at {PYTHON}; run.sh test should have made it")
+        pytest.skip(f"no MediaPipe environment at {PYTHON}; ./run.sh test makes one")
+    return subprocess.run([str(PYTHON), str(ROOT / "scripts" / "check_mediapipe.py"), str(model), str(images)],
+                          capture_output=True, text=True, timeout=600)
+
+
+def test_mediapipe_reads_the_shipped_model():
+    model = ROOT / "models" / "edgeskin_int8.tflite"
+    r = _check(model, ROOT / "data" / "samples")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.strip().splitlines()[-1].startswith("PASS")
+    assert r.stdout.count("mediapipe malignant") == 4
+
+
+@pytest.mark.slow
+def test_mediapipe_reads_a_fresh_export(tiny_run):
+    r = _check(tiny_run["tflite"], tiny_run["data"] / "test")
+    assert r.returncode == 0, r.stdout + r.stderr
