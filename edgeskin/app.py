@@ -117,7 +117,9 @@ def main() -> None:  # pragma: no cover - exercised through Streamlit's AppTest
     default = points.get("screening", 0.5)
     if "threshold" not in st.session_state:
         st.session_state.threshold = float(default)
-    preset = st.radio("Operating point", ["custom"] + list(points), horizontal=True, index=1 if points else 0)
+    names = [n for n in ("screening", "balanced", "specific") if n in points] + [n for n in points if n not in
+                                                                                 ("screening", "balanced", "specific")]
+    preset = st.radio("Operating point", names + ["custom"], horizontal=True, index=0)
     if preset != "custom" and st.session_state.get("last_preset") != preset:
         st.session_state.threshold = float(points[preset])
     st.session_state.last_preset = preset
@@ -139,6 +141,9 @@ def main() -> None:  # pragma: no cover - exercised through Streamlit's AppTest
         p = clf.malignant_probability(pixels)
         decision = decide(p, threshold, suspicious_at)
         rows.append({"file": upload.name, "malignant_probability": round(p, 4), "decision": decision})
+        colour = {"benign": "green", "uncertain (refer)": "orange", "suspicious": "red"}[decision]
+        st.markdown(f"### :{colour}[{decision}]")
+        st.markdown(f"`{upload.name}`: malignant_probability **{p:.3f}** at threshold {threshold:.3f}")
         left, right = st.columns(2)
         left.image(pixels, caption=upload.name, width="stretch")
         if show_cam and net is not None:
@@ -147,9 +152,6 @@ def main() -> None:  # pragma: no cover - exercised through Streamlit's AppTest
             heat, _ = explain.gradcam(net, pixels)
             right.image(explain.overlay(pixels, heat, opacity), caption="Grad-CAM: regions that raised the score",
                         width="stretch")
-        colour = {"benign": "green", "uncertain (refer)": "orange", "suspicious": "red"}[decision]
-        left.markdown(f"### :{colour}[{decision}]")
-        left.markdown(f"malignant_probability **{p:.3f}** (threshold {threshold:.3f})")
     if len(rows) > 1:
         import pandas as pd
 

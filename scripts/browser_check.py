@@ -13,6 +13,7 @@ Exits 0 when the result appeared, 1 otherwise.
 from __future__ import annotations
 
 import argparse
+import re
 import os
 import shutil
 import socket
@@ -71,14 +72,18 @@ def main(argv=None) -> int:
             wait_healthy(url, args.timeout, server)
             with sync_playwright() as pw:
                 browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_FLAGS)
-                page = browser.new_page(viewport={"width": 1280, "height": 1100})
+                page = browser.new_page(viewport={"width": 1280, "height": 1500})
                 page.goto(url, wait_until="networkidle", timeout=args.timeout * 1000)
                 page.get_by_text("Not a diagnosis").first.wait_for(timeout=args.timeout * 1000)
                 page.locator("input[type=file]").first.set_input_files(str(args.image))
-                result = page.get_by_text("malignant_probability").first
+                result = page.get_by_text(re.compile(r"malignant_probability \d\.\d{3} at threshold")).first
                 result.wait_for(timeout=args.timeout * 1000)
-                # Give the Grad-CAM column a moment to render before the screenshot.
-                page.wait_for_timeout(3000)
+                # The Grad-CAM column renders after the probability.
+                page.get_by_text("Grad-CAM: regions").first.wait_for(timeout=args.timeout * 1000)
+                page.wait_for_function(
+                    "Array.from(document.images).filter(i => i.complete && i.naturalWidth >= 200).length >= 2",
+                    timeout=args.timeout * 1000)
+                page.wait_for_timeout(500)
                 text = result.inner_text()
                 page.screenshot(path=str(args.out), full_page=True)
                 browser.close()
