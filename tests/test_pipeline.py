@@ -55,9 +55,29 @@ def test_predict_separates_the_held_out_images(tiny_run):
     assert roc_auc_score(y, p) > 0.8
 
 
-def test_export_cli_float32_and_failed_check_keeps_the_old_file(tiny_run, tmp_path):
+@pytest.mark.parametrize("flag", ["--float32", "--float16"])
+def test_export_cli_float_variants(tiny_run, tmp_path, flag):
+    from edgeskin.runtime import Classifier
+
     out = tmp_path / "m.tflite"
-    r = CliRunner().invoke(main, ["export", str(tiny_run["run"]), "--float32", "--out", str(out)])
+    r = CliRunner().invoke(main, ["export", str(tiny_run["run"]), flag, "--out", str(out)])
     assert r.exit_code == 0, r.output
     assert out.is_file() and out.with_suffix(".json").is_file()
     assert "calibration split AUC" in r.output
+    c = Classifier(out)
+    assert c.info["quantization"] == flag[2:] and c.image_size == 64
+
+
+def test_failed_check_never_replaces_the_previous_model(tiny_run, tmp_path, monkeypatch):
+    import sklearn.metrics
+
+    from edgeskin.export import ExportOptions, export
+
+    out = tmp_path / "edgeskin_int8.tflite"
+    out.write_bytes(b"the model that was here before")
+    aucs = iter([0.95, 0.90])  # float, then int8: a drop of 0.05
+    monkeypatch.setattr(sklearn.metrics, "roc_auc_score", lambda *a, **k: next(aucs))
+    result = export(tiny_run["run"], out, ExportOptions.for_int8(representative_images=8), log=lambda *_: None)
+    assert not result.passed
+    assert out.read_bytes() == b"the model that was here before"
+    assert result.path.name == "edgeskin_int8.failed.tflite" and result.path.is_file()
