@@ -168,22 +168,14 @@ def hashes(samples, workers: int | None = None) -> np.ndarray:
 def _groups(samples, hash_array: np.ndarray, max_distance: int) -> tuple[list[int], dedup.DuplicateReport]:
     """One group id per sample, joining near-duplicates and manifest groups."""
     report = dedup.cluster(hash_array, max_distance)
-    parent = list(range(len(samples)))
-
-    def root(i):
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
-        return i
-
+    sets = dedup.UnionFind(len(samples))
     first_of: dict[tuple[str, object], int] = {}
     for i, s in enumerate(samples):
         for key in (("dup", report.groups[i]), ("group", s.group) if s.group else None):
-            if key is None:
-                continue
-            j = first_of.setdefault(key, i)
-            parent[root(i)] = root(j)
-    return [root(i) for i in range(len(samples))], report
+            if key is not None:
+                sets.join(i, first_of.setdefault(key, i))
+    # Root indices, not relabelled ids: the split's shuffle order depends on them.
+    return [sets.root(i) for i in range(len(samples))], report
 
 
 def split_validation(
@@ -253,7 +245,11 @@ def held_out_test(data: Dataset, max_distance: int = dedup.DEFAULT_MAX_DISTANCE)
 
 
 def write_manifest(path, splits: dict[str, tuple[Sample, ...]]) -> None:
-    """Write a manifest (path,label,group,split) that discover() reads back."""
+    """Write a manifest (path,label,group,split) that discover() reads back.
+
+    Image paths are written relative to the manifest's folder, so a run
+    folder and its data can move together to another machine.
+    """
     path = Path(path)
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
@@ -261,5 +257,6 @@ def write_manifest(path, splits: dict[str, tuple[Sample, ...]]) -> None:
         w.writerow(["path", "label", "group", "split"])
         for name, samples in splits.items():
             for s in samples:
-                w.writerow([os.path.abspath(s.path), LABELS[s.label], s.group, name])
+                w.writerow([os.path.relpath(os.path.abspath(s.path), os.path.abspath(path.parent)),
+                            LABELS[s.label], s.group, name])
     os.replace(tmp, path)

@@ -78,17 +78,32 @@ class DuplicateReport:
         return int((counts > 1).sum())
 
 
-def cluster(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE) -> DuplicateReport:
-    """Group images whose hashes lie within max_distance, transitively (union-find)."""
-    n = len(hashes)
-    parent = list(range(n))
+class UnionFind:
+    """Disjoint sets over 0..n-1: near-duplicate links are transitive."""
 
-    def root(i: int) -> int:
-        while parent[i] != i:
-            parent[i] = parent[parent[i]]
-            i = parent[i]
+    def __init__(self, n: int):
+        self.parent = list(range(n))
+
+    def root(self, i: int) -> int:
+        while self.parent[i] != i:
+            self.parent[i] = self.parent[self.parent[i]]
+            i = self.parent[i]
         return i
 
+    def join(self, i: int, j: int) -> None:
+        self.parent[self.root(i)] = self.root(j)
+
+    def labels(self) -> tuple[int, ...]:
+        """A set id per element, numbered 0, 1, ... in order of first appearance."""
+        roots = [self.root(i) for i in range(len(self.parent))]
+        ids = {r: k for k, r in enumerate(dict.fromkeys(roots))}
+        return tuple(ids[r] for r in roots)
+
+
+def cluster(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE) -> DuplicateReport:
+    """Group images whose hashes lie within max_distance, transitively."""
+    n = len(hashes)
+    sets = UnionFind(n)
     pairs = 0
     for start in range(0, n, 512):
         dist = hamming(hashes[start : start + 512], hashes)
@@ -96,10 +111,8 @@ def cluster(hashes: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE) -> Dup
             i = int(i) + start
             if i < j:
                 pairs += 1
-                parent[root(i)] = root(int(j))
-    roots = [root(i) for i in range(n)]
-    ids = {r: k for k, r in enumerate(dict.fromkeys(roots))}
-    return DuplicateReport(tuple(ids[r] for r in roots), pairs, max_distance)
+                sets.join(i, int(j))
+    return DuplicateReport(sets.labels(), pairs, max_distance)
 
 
 def near_duplicates_of(queries: np.ndarray, references: np.ndarray, max_distance: int = DEFAULT_MAX_DISTANCE) -> np.ndarray:
