@@ -7,6 +7,8 @@ a percentile bootstrap around every figure.
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
@@ -64,7 +66,11 @@ def bootstrap(fn, y, p, n: int = 1000, seed: int = 0, level: float = 0.95):
         values.append(np.atleast_1d(np.asarray(fn(yy, p[idx]), dtype=np.float64)))
     if not values:
         return float("nan"), float("nan")
-    bounds = np.nanquantile(np.array(values), [(1 - level) / 2, (1 + level) / 2], axis=0).T
+    with warnings.catch_warnings():
+        # A rate that is undefined on every resample (PPV when nothing is
+        # flagged) has an undefined interval: NaN, said once in the output.
+        warnings.simplefilter("ignore", RuntimeWarning)
+        bounds = np.nanquantile(np.array(values), [(1 - level) / 2, (1 + level) / 2], axis=0).T
     return (float(bounds[0, 0]), float(bounds[0, 1])) if np.ndim(fn(y, p)) == 0 else bounds
 
 
