@@ -13,8 +13,11 @@ DISCLAIMER = (
 
 
 def _ci(entry, fmt="{:.3f}") -> str:
+    def f(v):
+        return "n/a" if v is None else fmt.format(v)
+
     lo, hi = entry["ci95"]
-    return f"{fmt.format(entry['value'])} ({fmt.format(lo)}–{fmt.format(hi)})"
+    return f"{f(entry['value'])} ({f(lo)}–{f(hi)})"
 
 
 def render(result: dict, info: dict, figure_dir: str = "figures") -> str:

@@ -178,8 +178,11 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
     if cmp is not None:
         result["compare"] = {"model": {"name": cmp[0], "path": str(compare)}, "metrics": cmp[2]}
     write_predictions(out / PREDICTIONS_FILE, samples, p)
+    # What is returned is exactly what metrics.json holds, so the printed table
+    # and the model card can only show the numbers in the file.
+    result = metrics.json_safe(result)
     tmp = out / (METRICS_FILE + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2) + "\n")
+    tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
     os.replace(tmp, out / METRICS_FILE)
     return result
 
@@ -189,8 +192,9 @@ def table(result: dict) -> str:
     m = result["metrics"]
 
     def ci(entry, fmt="{:.3f}"):
+        f = lambda v: "n/a" if v is None else fmt.format(v)  # noqa: E731
         lo, hi = entry["ci95"]
-        return f"{fmt.format(entry['value'])} [{fmt.format(lo)}, {fmt.format(hi)}]"
+        return f"{f(entry['value'])} [{f(lo)}, {f(hi)}]"
 
     d = result["data"]
     lines = [f"{result['model']['name']} on {d['evaluated']} images ({m['n_malignant']} malignant, {m['n_benign']} benign; "

@@ -79,6 +79,17 @@ def _with_ci(fn, y, p, n, seed) -> dict:
     return {"value": float(fn(np.asarray(y), np.asarray(p))), "ci95": [lo, hi]}
 
 
+def json_safe(obj):
+    """The same structure with NaN and infinities as None, so metrics.json is strict JSON."""
+    if isinstance(obj, dict):
+        return {k: json_safe(v) for k, v in obj.items()}
+    if isinstance(obj, (list, tuple)):
+        return [json_safe(v) for v in obj]
+    if isinstance(obj, float) and not np.isfinite(obj):
+        return None
+    return obj
+
+
 def uncalibrated(p, temperature: float) -> np.ndarray:
     """Undo temperature scaling: sigmoid(T * logit(p))."""
     return calibration.sigmoid(temperature * calibration.logit(p))

@@ -291,7 +291,10 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
 
     report = report_files(y_val, p_val, {k: v.threshold for k, v in points.items()}, run_dir / "evaluation",
                           temperature, history=run_dir / "history.csv")
-    _write_json(run_dir / "evaluation" / "metrics.json", {"data": {"split": "validation (calibration)"}, "metrics": report})
+    from edgeskin.metrics import json_safe
+
+    _write_json(run_dir / "evaluation" / "metrics.json",
+                json_safe({"data": {"split": "validation (calibration)"}, "metrics": report}))
     seconds = time.time() - started
     _write_json(run_dir / "config.json", {**config, "seconds": round(seconds, 1)})
     return RunResult(run_dir, counts, dataset.notes, temperature, val_auc, points, seconds)
