@@ -116,15 +116,15 @@ def write_predictions(path: Path, samples, p: np.ndarray) -> None:
 
 
 def report_files(y, p, thresholds: dict, out: Path, temperature=None, compare=None, history=None,
-                 n_boot: int = 1000) -> dict:
+                 n_boot: int = 1000, name: str = "model") -> dict:
     """Metrics and figures for one scored set; shared by `evaluate` and the end of `train`."""
     out.mkdir(parents=True, exist_ok=True)
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
     m = metrics.report(y, p, thresholds, temperature, n_boot=n_boot)
     named = {k: v for k, v in m["thresholds"].items()}
-    curves = {"model": (y, p, m["roc_auc"]["value"])}
-    pr = {"model": (y, p, m["pr_auc"]["value"])}
+    curves = {name: (y, p, m["roc_auc"]["value"])}
+    pr = {name: (y, p, m["pr_auc"]["value"])}
     if compare is not None:
         cname, cp, cm = compare
         curves[cname] = (y, cp, cm["roc_auc"]["value"])
@@ -167,7 +167,7 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
     run = Path(run_dir) if run_dir else scorer.run_dir
     history = run / "history.csv" if run else None
     out.mkdir(parents=True, exist_ok=True)
-    m = report_files(y, p, thresholds, out, scorer.temperature, cmp, history, n_boot)
+    m = report_files(y, p, thresholds, out, scorer.temperature, cmp, history, n_boot, scorer.name)
     result = {
         "model": {"name": scorer.name, "path": str(scorer.path), "kind": scorer.kind,
                   "quantization": scorer.info.get("quantization", "float32" if scorer.kind == "keras" else None),
