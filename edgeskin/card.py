@@ -78,6 +78,9 @@ def render(result: dict, info: dict, figure_dir: str = "figures") -> str:
     ]
     if "ece_before_temperature" in m:
         lines.append(f"| ECE before temperature scaling | {_ci(m['ece_before_temperature'])} |")
+    if "compare" in result:
+        c, cname = result["compare"]["metrics"], result["compare"]["model"]["name"]
+        lines.append(f"| ROC AUC of `{cname}` on the same images | {_ci(c['roc_auc'])} |")
     for t, v in m["specificity_at_sensitivity"].items():
         lines.append(f"| specificity at sensitivity ≥ {t} | {_ci(v)} |")
     lines += [

@@ -107,7 +107,7 @@ def report(y, p, thresholds: dict[str, float], temperature: float | None = None,
         "roc_auc": _with_ci(roc_auc_score, y, p, n_boot, seed),
         "pr_auc": _with_ci(average_precision_score, y, p, n_boot, seed),
         "brier": _with_ci(brier_score_loss, y, p, n_boot, seed),
-        "ece": _with_ci(calibration.expected_calibration_error, y, p, n_boot, seed),
+        "ece": _with_ci(lambda a, b: calibration.expected_calibration_error(b, a), y, p, n_boot, seed),
         "specificity_at_sensitivity": {
             f"{t:.2f}": _with_ci(lambda a, b, t=t: specificity_at_sensitivity(a, b, t), y, p, n_boot, seed)
             for t in SENSITIVITY_TARGETS

@@ -34,11 +34,13 @@ class TrainOptions:
     batch_size: int = 32
     head_epochs: int = 40
     head_learning_rate: float = 1e-3
-    fine_tune_epochs: int = 20
+    fine_tune_epochs: int = 25
     fine_tune_learning_rate: float = 1e-4
-    # Four inverted-residual blocks and the last 1x1 conv: the layers whose
-    # features are most ImageNet-specific, at ~45 img/s on two CPU cores.
-    fine_tune_from: str | None = "block_13_expand"
+    # The top six inverted-residual blocks and the last 1x1 conv: the layers
+    # whose features are most ImageNet-specific. On isic-binary, unfreezing
+    # from block 13 (20 epochs) reached validation AUC 0.940 against 0.951
+    # from block 11 (25 epochs), for about 15% less time (see README).
+    fine_tune_from: str | None = "block_11_expand"
     patience: int = 5
     loss: str = "bce"  # "bce" or "focal"
     class_weights: bool = True

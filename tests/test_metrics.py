@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, roc_auc_score
 
-from edgeskin import metrics
+from edgeskin import calibration, metrics
 
 
 def _data(n, seed=0):
@@ -46,6 +46,9 @@ def test_report_point_estimates_match_sklearn():
     assert r["roc_auc"]["value"] == pytest.approx(roc_auc_score(y, p))
     assert r["pr_auc"]["value"] == pytest.approx(average_precision_score(y, p))
     assert r["brier"]["value"] == pytest.approx(np.mean((p - y) ** 2))
+    assert r["ece"]["value"] == pytest.approx(calibration.expected_calibration_error(p, y))
+    before = calibration.expected_calibration_error(metrics.uncalibrated(p, 1.5), y)
+    assert r["ece_before_temperature"]["value"] == pytest.approx(before)
     assert set(r["specificity_at_sensitivity"]) == {"0.90", "0.95", "0.99"}
     assert r["thresholds"]["screening"]["sensitivity"]["value"] == pytest.approx(np.mean(p[y == 1] >= 0.3))
 
