@@ -7,6 +7,8 @@ set -euo pipefail
 here=$(cd "$(dirname "$0")/.." && pwd)
 venv=${1:-/tmp/edgeskin-runtime}
 rm -rf "$venv"
+# setuptools reuses a stale build/ folder in the checkout; measure what a clean clone installs.
+rm -rf "$here/build"
 python3 -m venv "$venv"
 "$venv/bin/python" -m pip install --quiet --disable-pip-version-check "$here"
 echo "installed packages:"
