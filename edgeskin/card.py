@@ -20,10 +20,19 @@ def _ci(entry, fmt="{:.3f}") -> str:
     return f"{f(entry['value'])} ({f(lo)}–{f(hi)})"
 
 
-def render(result: dict, info: dict, figure_dir: str = "figures") -> str:
-    """The card for one evaluation result; info is the model's embedded metadata (may be {})."""
+def render(result: dict, info: dict, config: dict | None = None, figure_dir: str = "figures") -> str:
+    """The card for one evaluation result.
+
+    info is the model's embedded metadata and config the training run's
+    config.json (either may be empty): the card states only what they record.
+    """
     m, d, model = result["metrics"], result["data"], result["model"]
-    training = info.get("training", {})
+    config = config or {}
+    training = {**{k: config[k] for k in ("data", "counts", "notes", "command", "seconds") if k in config},
+                **info.get("training", {})}
+    options = config.get("options", {})
+    net = options.get("model", {})
+    size = info.get("input", {}).get("size", net.get("image_size"))
     counts = training.get("counts", {})
     checks = info.get("checks", {})
     lines = [
@@ -39,15 +48,17 @@ def render(result: dict, info: dict, figure_dir: str = "figures") -> str:
         "- Not for clinical photographs, non-dermoscopic phone pictures, mucosal or nail lesions, or children.",
         "",
         "## Model",
-        f"- MobileNetV2 (alpha 1.0, {info.get('input', {}).get('size', 224)}×{info.get('input', {}).get('size', 224)}) "
-        "from ImageNet weights, fine-tuned; preprocessing is inside the graph, so the model takes raw RGB pixels 0–255.",
+        f"- MobileNetV2 (alpha {net.get('alpha', 'not recorded')}, {size}×{size} input), backbone weights "
+        f"`{net.get('weights', 'not recorded')}`, fine-tuned from `{options.get('fine_tune_from', 'not recorded')}`; "
+        "preprocessing is inside the graph, so the model takes raw RGB pixels 0–255.",
         f"- File: `{model['name']}` ({model.get('quantization') or model['kind']}); labels `benign`, `malignant`; "
         f"output: temperature-calibrated probabilities (T = {model['temperature']:.3f})."
         if model.get("temperature") else f"- File: `{model['name']}`.",
         "",
         "## Data",
-        f"- Training source: `{training.get('data', 'unknown')}` — the ISIC-archive derived \"Skin Cancer: Malignant "
-        "vs. Benign\" set (Claudio Fanconi), 224×224 dermoscopy JPEGs.",
+        f"- Training source: `{training.get('data', 'not recorded')}`"
+        + (" — the ISIC-archive derived \"Skin Cancer: Malignant vs. Benign\" set (Claudio Fanconi), dermoscopy JPEGs."
+           if "isic" in str(training.get("data", "")).lower() else "."),
     ]
     if counts:
         tr, va = counts.get("train", {}), counts.get("val", {})
@@ -64,7 +75,8 @@ def render(result: dict, info: dict, figure_dir: str = "figures") -> str:
         "## Training",
         f"- Command: `{training.get('command', 'not recorded')}`",
         f"- Seed: {training.get('seed', 'not recorded')}; wall time: "
-        + (f"{training['seconds'] / 60:.0f} min on a 2-core CPU" if training.get("seconds") else "not recorded") + ".",
+        + (f"{training['seconds'] / 60:.0f} min" + (f" on {config['cpus']} CPU cores" if config.get("cpus") else "")
+           if training.get("seconds") else "not recorded") + ".",
         "",
         "## Results on the evaluation set",
         "All intervals are 95% percentile bootstrap intervals (1,000 resamples of the evaluated images).",

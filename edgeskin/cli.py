@@ -191,15 +191,13 @@ def evaluate(model, data, threshold, out, compare, run_dir, bootstrap):
     """
     from pathlib import Path
 
-    from edgeskin import card
-    from edgeskin.evaluate import evaluate as run_evaluation, load_scorer, table
+    from edgeskin.evaluate import evaluate as run_evaluation, table
 
     def progress(items, n):
         with click.progressbar(items, length=n, label="scoring", file=sys.stderr) as bar:
             yield from bar
 
     result = run_evaluation(model, data, out, threshold, compare, bootstrap, progress, run_dir)
-    (Path(out) / "MODEL_CARD.md").write_text(card.render(result, load_scorer(model).info))
     click.echo(table(result))
     click.echo(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'MODEL_CARD.md'} and {Path(out) / 'figures'}/")
 
@@ -225,16 +223,25 @@ def explain(images, model, out, opacity):
     from edgeskin.runtime import default_model
 
     keras_path = Path(model) if model else default_model("edgeskin.keras")
+    paths = find_images(images)
+    if not paths:
+        raise click.ClickException("no images found in " + ", ".join(images))
     net = model_lib.load(keras_path)
-    failed = 0
-    for path in find_images(images):
+    failed, stems = 0, set()
+    for path in paths:
         try:
             result = explain_lib.explain(net, path, opacity)
         except ImageError as exc:
             failed += 1
             click.echo(f"{path}: error: {exc}", err=True)
             continue
-        _, overlay = explain_lib.save(result, out)
+        # a/x.jpg and b/x.png must not overwrite each other's output.
+        stem, k = path.stem, 1
+        while stem in stems:
+            k += 1
+            stem = f"{path.stem}_{k}"
+        stems.add(stem)
+        _, overlay = explain_lib.save(result, out, stem)
         click.echo(f"{path}: malignant_probability {result.malignant_probability:.3f} -> {overlay}")
     if failed:
         raise click.ClickException(f"{failed} image(s) could not be read")

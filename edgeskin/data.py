@@ -95,6 +95,8 @@ def _manifest(path: Path) -> Dataset:
     splits: dict[str, list[Sample]] = {name: [] for name in SPLITS}
     for n, row in enumerate(rows, start=2):
         where = f"{path}:{n}"
+        if None in row or any(row.get(c) is None for c in (path_col, "label")):
+            raise DataError(f"{where}: the row does not have one value per column")
         image = Path(row[path_col])
         image = image if image.is_absolute() else base / image
         split = (row.get("split") or "train").strip().lower()
@@ -194,12 +196,13 @@ def split_validation(
     check_classes(train, f"{data.source}: training data")
     if data.val:
         h_train, h_val = hashes(train), hashes(data.val)
-        leaked = dedup.near_duplicates_of(h_val, h_train, max_distance)
+        leaked = dedup.near_duplicates_of(h_val, h_train, max_distance) | _shares_group(data.val, train)
         val = tuple(s for s, bad in zip(data.val, leaked) if not bad)
         check_classes(val, f"{data.source}: validation data")
         report = dedup.cluster(h_train, max_distance)
         note = (f"near-duplicates: {report.images_in_clusters} training images in {report.clusters} clusters; "
-                f"{int(leaked.sum())} val images near-duplicate training images and were dropped from val")
+                f"{int(leaked.sum())} val images near-duplicate a training image or share its group, "
+                "and were dropped from val")
         return replace(data, val=val, notes=data.notes + (note,))
 
     groups, report = _groups(train, hashes(train), max_distance)
@@ -231,8 +234,14 @@ def split_validation(
     return replace(data, train=new_train, val=new_val, notes=data.notes + (note,))
 
 
+def _shares_group(samples, others) -> np.ndarray:
+    """A boolean per sample: does its (non-empty) group also occur among others?"""
+    groups = {s.group for s in others if s.group}
+    return np.array([bool(s.group) and s.group in groups for s in samples], dtype=bool)
+
+
 def held_out_test(data: Dataset, max_distance: int = dedup.DEFAULT_MAX_DISTANCE) -> tuple[tuple[Sample, ...], int]:
-    """The test images that near-duplicate no train or val image, and how many were dropped.
+    """The test images that near-duplicate no train or val image (nor share its group), and how many were dropped.
 
     A test image that is a copy of a training image measures memory, so every
     reported test figure leaves it out.
@@ -240,7 +249,7 @@ def held_out_test(data: Dataset, max_distance: int = dedup.DEFAULT_MAX_DISTANCE)
     seen = list(data.train) + list(data.val)
     if not data.test or not seen:
         return data.test, 0
-    leaked = dedup.near_duplicates_of(hashes(data.test), hashes(seen), max_distance)
+    leaked = dedup.near_duplicates_of(hashes(data.test), hashes(seen), max_distance) | _shares_group(data.test, seen)
     return tuple(s for s, bad in zip(data.test, leaked) if not bad), int(leaked.sum())
 
 

@@ -11,6 +11,8 @@ from __future__ import annotations
 import csv
 import json
 import os
+import shutil
+import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -19,6 +21,7 @@ import numpy as np
 from edgeskin import calibration, data, figures, metrics
 
 METRICS_FILE = "metrics.json"
+CARD_FILE = "MODEL_CARD.md"
 PREDICTIONS_FILE = "predictions.csv"
 
 
@@ -62,7 +65,9 @@ class Scorer:
         for chunk in progress(chunks, len(chunks)) if progress else chunks:
             y = net.predict(data.load_images(chunk, size), verbose=0)
             # A serving model gives [benign, malignant]; a training model one logit.
-            out.append(y[:, 1] if y.shape[1] == 2 else calibration.sigmoid(y[:, 0]))
+            # A training model's logit gets the run's temperature, so that its
+            # probabilities match the operating points chosen on them.
+            out.append(y[:, 1] if y.shape[1] == 2 else calibration.sigmoid(y[:, 0] / (self.temperature or 1.0)))
         return np.concatenate(out).astype(np.float64)
 
 
@@ -75,7 +80,7 @@ def load_scorer(source) -> Scorer:
         from edgeskin.runtime import RuntimeModelError
 
         try:
-            info = metadata.read(source.read_bytes())
+            info = metadata.validate(metadata.read(source.read_bytes()))
         except metadata.MetadataError as exc:
             raise RuntimeModelError(f"{source}: {exc}") from exc
         points = {k: v["threshold"] for k, v in info.get("operating_points", {}).items()}
@@ -146,9 +151,22 @@ def report_files(y, p, thresholds: dict, out: Path, temperature=None, compare=No
 
 def evaluate(model, source, out, threshold: float | None = None, compare=None, n_boot: int = 1000,
              progress=None, run_dir=None) -> dict:
-    """Score model (and optionally compare) on source and write everything to out."""
+    """Score model (and optionally compare) on source and write everything to out.
+
+    metrics.json, predictions.csv, figures/ and MODEL_CARD.md are written to a
+    staging folder first and moved into out only once all exist, so a failure
+    never leaves out (often models/) with new figures beside an old card.
+    """
+    from edgeskin import card
+
     out = Path(out)
+    if threshold is not None and not (np.isfinite(threshold) and 0.0 <= threshold <= 1.0):
+        raise EvaluationError(f"threshold must be a number in [0, 1], got {threshold}")
     scorer = load_scorer(model)
+    run = Path(run_dir) if run_dir else scorer.run_dir
+    history = run / "history.csv" if run else None
+    if history is not None:
+        _check_history(history)
     samples, desc = evaluation_set(source)
     y = np.array([s.label for s in samples])
     p = scorer.score(samples, progress)
@@ -164,27 +182,41 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
         cthr = dict(other.operating_points) or {"requested": threshold if threshold is not None else 0.5}
         cm = metrics.report(y, cp, cthr, other.temperature, n_boot=n_boot)
         cmp = (other.name, cp, cm)
-    run = Path(run_dir) if run_dir else scorer.run_dir
-    history = run / "history.csv" if run else None
     out.mkdir(parents=True, exist_ok=True)
-    m = report_files(y, p, thresholds, out, scorer.temperature, cmp, history, n_boot, scorer.name)
-    result = {
-        "model": {"name": scorer.name, "path": str(scorer.path), "kind": scorer.kind,
-                  "quantization": scorer.info.get("quantization", "float32" if scorer.kind == "keras" else None),
-                  "temperature": scorer.temperature, "operating_points": scorer.operating_points},
-        "data": desc,
-        "metrics": m,
-    }
-    if cmp is not None:
-        result["compare"] = {"model": {"name": cmp[0], "path": str(compare)}, "metrics": cmp[2]}
-    write_predictions(out / PREDICTIONS_FILE, samples, p)
-    # What is returned is exactly what metrics.json holds, so the printed table
-    # and the model card can only show the numbers in the file.
-    result = metrics.json_safe(result)
-    tmp = out / (METRICS_FILE + ".tmp")
-    tmp.write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-    os.replace(tmp, out / METRICS_FILE)
+    with tempfile.TemporaryDirectory(dir=out, prefix=".evaluate-") as staging:
+        staging = Path(staging)
+        m = report_files(y, p, thresholds, staging, scorer.temperature, cmp, history, n_boot, scorer.name)
+        result = {
+            "model": {"name": scorer.name, "path": str(scorer.path), "kind": scorer.kind,
+                      "quantization": scorer.info.get("quantization", "float32" if scorer.kind == "keras" else None),
+                      "temperature": scorer.temperature, "operating_points": scorer.operating_points},
+            "data": desc,
+            "metrics": m,
+        }
+        if cmp is not None:
+            result["compare"] = {"model": {"name": cmp[0], "path": str(compare)}, "metrics": cmp[2]}
+        # What is returned is exactly what metrics.json holds, so the printed
+        # table and the model card can only show the numbers in the file.
+        result = metrics.json_safe(result)
+        config = json.loads((run / "config.json").read_text()) if run and (run / "config.json").is_file() else {}
+        write_predictions(staging / PREDICTIONS_FILE, samples, p)
+        (staging / METRICS_FILE).write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+        (staging / CARD_FILE).write_text(card.render(result, scorer.info, config))
+        shutil.rmtree(out / "figures", ignore_errors=True)
+        for name in ("figures", PREDICTIONS_FILE, METRICS_FILE, CARD_FILE):
+            os.replace(staging / name, out / name)
     return result
+
+
+def _check_history(path: Path) -> None:
+    """A --run folder's history must have the columns the training-curve figure reads."""
+    if not path.is_file():
+        return
+    with open(path, newline="") as f:
+        columns = set(next(csv.reader(f), []))
+    missing = {"phase", "loss", "val_loss", "val_auc"} - columns
+    if missing:
+        raise EvaluationError(f"{path}: not a training history (missing {', '.join(sorted(missing))})")
 
 
 def table(result: dict) -> str:

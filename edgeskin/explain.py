@@ -89,13 +89,13 @@ def explain(model, path, opacity: float = 0.4) -> Explanation:
     return Explanation(str(path), p, heat, overlay(pixels, heat, opacity))
 
 
-def save(explanation: Explanation, out_dir) -> tuple[Path, Path]:
-    """Write <stem>_heatmap.png and <stem>_overlay.png into out_dir."""
+def save(explanation: Explanation, out_dir, stem: str | None = None) -> tuple[Path, Path]:
+    """Write <stem>_heatmap.png and <stem>_overlay.png into out_dir (stem: the image's, by default)."""
     from PIL import Image
 
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
-    stem = Path(explanation.path).stem
+    stem = stem or Path(explanation.path).stem
     heat_path, overlay_path = out_dir / f"{stem}_heatmap.png", out_dir / f"{stem}_overlay.png"
     Image.fromarray(colorize(explanation.heatmap)).save(heat_path)
     Image.fromarray(explanation.overlay).save(overlay_path)

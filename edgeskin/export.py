@@ -103,12 +103,6 @@ def _convert(serving, options: ExportOptions, representative: np.ndarray) -> byt
         return converter.convert()
 
 
-def _write_atomic(path: Path, payload: bytes) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(payload)
-    os.replace(tmp, path)
-
-
 def build_info(run: dict, options: ExportOptions, image_size: int, points, checks: dict) -> dict:
     """The JSON an app needs, embedded in the model and written beside it."""
     config, cal = run["config"], run["calibration"]
@@ -174,6 +168,10 @@ def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> 
         target = out.with_name(out.stem + ".failed.tflite")
     else:
         target = out
-    _write_atomic(target, final)
-    _write_atomic(target.with_suffix(".json"), (json.dumps(info, indent=2) + "\n").encode())
+    # Both files are complete on disk before either replaces its old version.
+    staged = [(target, final), (target.with_suffix(".json"), (json.dumps(info, indent=2) + "\n").encode())]
+    for path, payload in staged:
+        path.with_name(path.name + ".tmp").write_bytes(payload)
+    for path, _ in staged:
+        os.replace(path.with_name(path.name + ".tmp"), path)
     return ExportResult(target, info, float_auc, auc, agreement, passed, len(final))

@@ -41,6 +41,13 @@ def open_rgb(source) -> Image.Image:
                 im = im.convert("RGBA")
                 background = Image.new("RGBA", im.size, (255, 255, 255, 255))
                 im = Image.alpha_composite(background, im)
+            if im.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+                # 16-bit and float greyscale: convert("RGB") would clip at 255
+                # and give a white picture; scale the real range to 8 bits.
+                a = np.asarray(im, dtype=np.float64)
+                lo, hi = float(a.min()), float(a.max())
+                a = (a - lo) * (255.0 / (hi - lo)) if hi > lo else np.zeros_like(a)
+                im = Image.fromarray(a.round().astype(np.uint8), "L")
             return im.convert("RGB")
     except FileNotFoundError as exc:
         raise ImageError(f"{name}: no such file") from exc

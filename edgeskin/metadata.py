@@ -103,15 +103,45 @@ def _buffer_bytes(buf: bytes, table: int) -> bytes:
     return b""
 
 
+def validate(info) -> dict:
+    """The metadata itself, if it has the shape the runtime relies on; else MetadataError.
+
+    A threshold that is NaN would silently call every image benign, so every
+    threshold must be a finite number in [0, 1].
+    """
+    import math
+
+    if not isinstance(info, dict):
+        raise MetadataError("edgeskin metadata is not a JSON object")
+    labels = info.get("labels", ["benign", "malignant"])
+    if not (isinstance(labels, list) and labels and all(isinstance(x, str) for x in labels)):
+        raise MetadataError("edgeskin metadata: 'labels' must be a list of names")
+    points = info.get("operating_points", {})
+    if not isinstance(points, dict):
+        raise MetadataError("edgeskin metadata: 'operating_points' must be an object")
+    for name, point in points.items():
+        t = point.get("threshold") if isinstance(point, dict) else None
+        if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 <= t <= 1.0:
+            raise MetadataError(f"edgeskin metadata: operating point {name!r} has no threshold in [0, 1]")
+    default = info.get("default_operating_point", "screening")
+    if not isinstance(default, str) or (points and default not in points):
+        raise MetadataError("edgeskin metadata: 'default_operating_point' names no operating point")
+    return info
+
+
 def read(model: bytes) -> dict:
     """edgeskin's JSON metadata from a model's bytes; {} when it has none."""
     raw = entries(model).get(KEY)
     if raw is None:
         return {}
     try:
-        return json.loads(raw.decode("utf-8"))
-    except (UnicodeDecodeError, json.JSONDecodeError) as exc:
+        return json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+    except (UnicodeDecodeError, json.JSONDecodeError, ValueError) as exc:
         raise MetadataError(f"edgeskin metadata is not valid JSON ({exc})") from exc
+
+
+def _no_constant(name: str):
+    raise ValueError(f"{name} is not a number edgeskin accepts")
 
 
 def embed(model: bytes, extra: dict[str, bytes]) -> bytes:

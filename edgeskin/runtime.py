@@ -84,7 +84,7 @@ class Classifier:
             raise RuntimeModelError(f"{path}: no such model file")
         raw = path.read_bytes()
         try:
-            self.info = metadata.read(raw)
+            self.info = metadata.validate(metadata.read(raw))
         except metadata.MetadataError as exc:
             raise RuntimeModelError(f"{path}: {exc}") from exc
         try:

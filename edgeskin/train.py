@@ -171,11 +171,21 @@ def _class_weight(labels, on: bool):
     return {k: float(len(labels) / (2.0 * counts[k])) for k in range(2)}
 
 
-def _prepare_run_dir(run_dir: Path, overwrite: bool) -> None:
+def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
     existing = [name for name in RUN_FILES if (run_dir / name).exists()]
     if existing and not overwrite:
         raise RunError(f"{run_dir} already holds a run ({', '.join(existing)}); choose another folder or pass --overwrite")
+
+
+def _clear_run_dir(run_dir: Path) -> None:
+    """Remove an old run's files before the new one writes any, so that a run
+    that fails half-way never leaves new splits beside an old model."""
+    import shutil
+
     run_dir.mkdir(parents=True, exist_ok=True)
+    for name in RUN_FILES:
+        (run_dir / name).unlink(missing_ok=True)
+    shutil.rmtree(run_dir / "evaluation", ignore_errors=True)
 
 
 def _write_json(path: Path, obj) -> None:
@@ -195,7 +205,7 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
     """Train, select, calibrate and save one model into run_dir."""
     started = time.time()
     run_dir = Path(run_dir)
-    _prepare_run_dir(run_dir, overwrite)
+    _check_run_dir(run_dir, overwrite)
 
     dataset = data.split_validation(data.discover(source), options.val_fraction, options.seed, options.max_duplicate_distance)
     counts = dataset.counts()
@@ -207,10 +217,12 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
     x_val = data.load_images(dataset.val, size)
     y_train = np.array([s.label for s in dataset.train], dtype=np.int64)
     y_val = np.array([s.label for s in dataset.val], dtype=np.int64)
+    _clear_run_dir(run_dir)
     data.write_manifest(run_dir / "splits.csv", {"train": dataset.train, "val": dataset.val})
     config = {
         "edgeskin_version": __version__,
         "command": command,
+        "cpus": os.cpu_count(),
         "data": str(Path(source).resolve()),
         "counts": counts,
         "notes": list(dataset.notes),

@@ -111,3 +111,43 @@ def test_train_never_overwrites_a_run(tiny_run):
 
 def test_export_of_something_that_is_not_a_run(tmp_path):
     assert "not a finished run folder" in one_line_error(run("export", tmp_path, "--int8"))
+
+
+@pytest.mark.slow
+def test_metadata_with_a_nan_threshold_is_refused(tiny_run, images, tmp_path):
+    from edgeskin import metadata
+
+    raw = tiny_run["tflite"].read_bytes()
+    info = metadata.read(raw)
+    info["operating_points"]["screening"]["threshold"] = float("nan")
+    bad = tmp_path / "nan.tflite"
+    bad.write_bytes(metadata.embed_json(raw, info))
+    assert "nan.tflite" in one_line_error(run("predict", images["good"][0], "--model", bad))
+
+
+def test_manifest_row_with_missing_fields(tmp_path):
+    (tmp_path / "m.csv").write_text("path,label\nonly_a_path.jpg\n")
+    assert "one value per column" in one_line_error(run("train", tmp_path / "m.csv", "--out", tmp_path / "run"))
+
+
+@pytest.mark.slow
+def test_evaluate_rejects_a_nan_threshold_and_leaves_out_untouched(tiny_run, tmp_path):
+    out = tmp_path / "ev"
+    out.mkdir()
+    (out / "MODEL_CARD.md").write_text("old card")
+    msg = one_line_error(run("evaluate", tiny_run["tflite"], tiny_run["data"], "--out", out, "--threshold", "nan"))
+    assert "threshold" in msg and (out / "MODEL_CARD.md").read_text() == "old card"
+
+
+@pytest.mark.slow
+def test_explain_empty_folder_and_name_collisions(tiny_run, tmp_path):
+    (tmp_path / "empty").mkdir()
+    model = str(tiny_run["run"] / "model.keras")
+    assert "no images found" in one_line_error(run("explain", tmp_path / "empty", "--model", model))
+    src = next((tiny_run["data"] / "test" / "benign").glob("*.jpg"))
+    for folder in ("a", "b"):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / "x.jpg").write_bytes(src.read_bytes())
+    r = run("explain", tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg", "--model", model, "--out", tmp_path / "out")
+    assert r.exit_code == 0, r.output
+    assert sorted(p.name for p in (tmp_path / "out").glob("*_overlay.png")) == ["x_2_overlay.png", "x_overlay.png"]

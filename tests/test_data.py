@@ -108,3 +108,15 @@ def test_manifest_round_trip(class_folders, tmp_path):
     assert len(back.val) == len(ds.val)
     arr = data.load_images(back.val, 32)
     assert arr.shape == (len(ds.val), 32, 32, 3) and arr.dtype == np.uint8
+
+
+def test_test_images_sharing_a_group_with_training_are_left_out(tmp_path):
+    write_class_folders(tmp_path / "imgs", 4, seed=11)
+    rows = ["path,label,group,split"]
+    for k, name in enumerate(("benign", "malignant")):
+        for i, p in enumerate(sorted((tmp_path / "imgs" / name).glob("*.jpg"))):
+            split = "test" if i >= 2 else "train"
+            rows.append(f"{p},{name},{'patientA' if (k, i) in ((0, 0), (0, 3)) else ''},{split}")
+    (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
+    kept, dropped = data.held_out_test(data.discover(tmp_path / "m.csv"))
+    assert all(s.group != "patientA" for s in kept) and dropped >= 1

@@ -64,3 +64,10 @@ def test_find_images_recurses_and_keeps_named_files(tmp_path):
         (tmp_path / name).write_bytes(b"x")
     found = find_images([tmp_path / "a", tmp_path / "a" / "notes.txt"])
     assert [p.name for p in found] == ["1.jpg", "2.PNG", "notes.txt"]
+
+
+def test_sixteen_bit_greyscale_keeps_its_contrast(tmp_path):
+    ramp = (np.linspace(0, 4000, 64 * 64).reshape(64, 64)).astype(np.uint16)
+    Image.fromarray(ramp).save(tmp_path / "deep.png")  # uint16: mode I;16
+    im = load_rgb(tmp_path / "deep.png", 64)
+    assert im.min() == 0 and im.max() == 255 and 100 < im.mean() < 155
