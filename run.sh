@@ -11,9 +11,19 @@ here=$(pwd)
 venv="$here/.venv"
 python=${PYTHON:-python3}
 
+# pip's output goes to a log, shown only when an install fails.
+quiet_pip() {
+    local py=$1; shift
+    if ! "$py" -m pip install --quiet --disable-pip-version-check "$@" > "$venv/pip.log" 2>&1; then
+        cat "$venv/pip.log" >&2
+        echo "run.sh: pip install $* failed (log above)" >&2
+        exit 1
+    fi
+}
+
 if [ ! -x "$venv/bin/python" ]; then
     "$python" -m venv "$venv"
-    "$venv/bin/python" -m pip install --quiet --upgrade pip
+    quiet_pip "$venv/bin/python" --upgrade pip
 fi
 
 cmd=${1:-predict}
@@ -25,7 +35,8 @@ case "$cmd" in
 esac
 stamp="$venv/.installed-${extras:-runtime}"
 if [ ! -f "$stamp" ] || [ pyproject.toml -nt "$stamp" ]; then
-    "$venv/bin/python" -m pip install --quiet -e ".${extras:+[$extras]}"
+    echo "run.sh: installing edgeskin${extras:+[$extras]} into .venv (first run only)" >&2
+    quiet_pip "$venv/bin/python" -e ".${extras:+[$extras]}"
     touch "$stamp"
 fi
 
@@ -44,8 +55,8 @@ if [ "$cmd" = test ]; then
     mp="$here/.venv-mediapipe"
     if [ ! -f "$mp/.installed" ] || [ pyproject.toml -nt "$mp/.installed" ]; then
         [ -x "$mp/bin/python" ] || "$python" -m venv "$mp"
-        "$mp/bin/python" -m pip install --quiet --upgrade pip
-        "$mp/bin/python" -m pip install --quiet "mediapipe==1.2.2" -e .
+        quiet_pip "$mp/bin/python" --upgrade pip
+        quiet_pip "$mp/bin/python" "mediapipe==1.2.2" -e .
         touch "$mp/.installed"
     fi
     export EDGESKIN_MEDIAPIPE_PYTHON="$mp/bin/python"
