@@ -100,8 +100,10 @@ def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size,
 @click.option("--out", type=click.Path(dir_okay=False), default=None,
               help="Output .tflite file [default: SOURCE/edgeskin_<quantization>.tflite].")
 @click.option("--representative-images", type=click.IntRange(1), default=300, show_default=True)
+@click.option("--max-auc-drop", type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
+              help="Fail if the exported model's calibration-split AUC falls further below the float model's.")
 @_friendly
-def export(source, quantization, out, representative_images):
+def export(source, quantization, out, representative_images, max_auc_drop):
     """Export a trained run to a TFLite model that carries its own metadata.
 
     SOURCE is a run folder written by `edgeskin train` (or a .keras model
@@ -117,7 +119,8 @@ def export(source, quantization, out, representative_images):
 
     folder = Path(source) if Path(source).is_dir() else Path(source).parent
     out = out or folder / f"edgeskin_{quantization}.tflite"
-    options = ExportOptions(quantization=quantization, representative_images=representative_images)
+    options = ExportOptions(quantization=quantization, representative_images=representative_images,
+                            max_auc_drop=max_auc_drop)
     result = run_export(source, out, options, log=click.echo)
     click.echo(f"calibration split AUC: float {result.float_auc:.4f}, {quantization} {result.auc:.4f}; "
                f"screening decisions agree on {result.agreement:.1%}")
