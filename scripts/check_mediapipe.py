@@ -47,10 +47,14 @@ def main(argv=None) -> int:
             image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
             result = classifier.classify(image)
             categories = {c.category_name: c.score for c in result.classifications[0].categories}
-            if "malignant" not in categories:
-                print(f"FAIL {path}: MediaPipe returned no 'malignant' category ({categories})")
-                return 1
             ref = ours.malignant_probability(pixels)
+            if "malignant" not in categories:
+                # MediaPipe drops a category whose score is exactly 0, whatever
+                # the threshold; that is only a match if edgeskin also says 0.
+                diff = ref
+                worst = max(worst, diff)
+                print(f"{path}: mediapipe malignant not returned (score 0)  edgeskin {ref:.6f}  |diff| {diff:.6f}")
+                continue
             diff = abs(categories["malignant"] - ref)
             worst = max(worst, diff)
             print(f"{path}: mediapipe malignant {categories['malignant']:.6f}  edgeskin {ref:.6f}  |diff| {diff:.6f}")
