@@ -13,6 +13,7 @@ set EXTRAS=[train]
 if /I "%~1"=="test" set EXTRAS=[train,app,test]
 if /I "%~1"=="app" set EXTRAS=[train,app]
 if /I "%~1"=="predict" set EXTRAS=
+if /I "%~1"=="calibrate" set EXTRAS=
 if "%~1"=="" set EXTRAS=
 if "%EXTRAS%"=="" (set STAMP=%VENV%\.installed-runtime) else (set STAMP=%VENV%\.installed%EXTRAS:,=-%)
 if not exist "%STAMP%" (

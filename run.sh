@@ -4,7 +4,8 @@
 #   ./run.sh train ../shared/data/isic-binary ...      anything `edgeskin` takes
 #   ./run.sh test                                      the test suite
 # The first call installs what that command needs into .venv/: the light
-# runtime for predict, TensorFlow too for train, export, evaluate and test.
+# runtime for predict and calibrate, TensorFlow too for train, export, audit,
+# evaluate and test.
 set -euo pipefail
 cd "$(dirname "$0")"
 here=$(pwd)
@@ -28,7 +29,7 @@ fi
 
 cmd=${1:-predict}
 case "$cmd" in
-    predict|--help|--version) extras="" ;;
+    predict|calibrate|--help|--version) extras="" ;;
     app) extras="train,app" ;;
     test) extras="train,app,test" ;;
     *) extras="train" ;;

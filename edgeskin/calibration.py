@@ -98,11 +98,13 @@ def _sweep(p: np.ndarray, y: np.ndarray):
     return t, sens, spec
 
 
-def choose_operating_points(probabilities, labels) -> dict[str, OperatingPoint]:
+def choose_operating_points(probabilities, labels,
+                            screening_sensitivity: float = SCREENING_SENSITIVITY) -> dict[str, OperatingPoint]:
     """Pick the named operating points on one (calibration) split.
 
-    screening: the highest threshold whose sensitivity is >= 0.95, because a
-               missed melanoma costs far more than a false alarm;
+    screening: the highest threshold whose sensitivity is >= 0.95 (or
+               screening_sensitivity), because a missed melanoma costs far
+               more than a false alarm;
     balanced:  the threshold that maximises Youden's J (sens + spec - 1);
     specific:  the lowest threshold whose specificity is >= 0.90.
     """
@@ -115,7 +117,9 @@ def choose_operating_points(probabilities, labels) -> dict[str, OperatingPoint]:
     def point(name, i):
         return OperatingPoint(name, float(min(t[i], 1.0)), float(sens[i]), float(spec[i]))
 
-    screening = np.nonzero(sens >= SCREENING_SENSITIVITY)[0].max()  # t[0] has sensitivity 1
+    if not 0.0 < screening_sensitivity <= 1.0:
+        raise ValueError(f"screening sensitivity must lie in (0, 1], got {screening_sensitivity}")
+    screening = np.nonzero(sens >= screening_sensitivity)[0].max()  # t[0] has sensitivity 1
     specific = np.nonzero(spec >= SPECIFIC_SPECIFICITY)[0].min()  # the last t has specificity 1
     j = sens + spec - 1
     balanced = np.nonzero(j == j.max())[0].min()  # on a tie, the more sensitive one
@@ -141,3 +145,74 @@ def expected_calibration_error(probabilities, labels, bins: int = 15) -> float:
         if m.any():
             total += m.sum() * abs(y[m].mean() - p[m].mean())
     return float(total / len(p))
+
+
+# Platt scaling, in the form TFLite Model Metadata carries it
+# (ScoreCalibrationOptions, INVERSE_LOGISTIC): the model's probability x is
+# mapped to scale / (1 + exp(-(slope * logit(x) + offset))). The clamped log
+# below is MediaPipe's own, so that edgeskin and MediaPipe agree even on
+# scores of exactly 0 or 1, which an int8 output does produce.
+_LOG_MIN = 1e-16
+
+
+def _clamped_log(x: np.ndarray) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float64)
+    low = x < _LOG_MIN
+    # Each branch sees only arguments it can take the log of.
+    return np.where(low, 2.0 * np.log(_LOG_MIN) - np.log(np.where(low, 2.0 * _LOG_MIN - x, 1.0)),
+                    np.log(np.where(low, 1.0, x)))
+
+
+def inverse_logistic(x) -> np.ndarray:
+    """MediaPipe's INVERSE_LOGISTIC transformation: log(x) - log(1 - x), clamped."""
+    x = np.asarray(x, dtype=np.float64)
+    return _clamped_log(x) - _clamped_log(1.0 - x)
+
+
+@dataclass(frozen=True)
+class Platt:
+    """p = sigmoid(slope * logit(x) + offset); Platt(1, 0) changes nothing."""
+
+    slope: float = 1.0
+    offset: float = 0.0
+
+    def __post_init__(self):
+        if not (np.isfinite(self.slope) and np.isfinite(self.offset)) or self.slope <= 0:
+            raise ValueError(f"a Platt map needs a finite positive slope and a finite offset, got {self.slope}, {self.offset}")
+
+    def apply(self, x) -> np.ndarray:
+        return sigmoid(self.slope * inverse_logistic(x) + self.offset)
+
+    def invert(self, p) -> np.ndarray:
+        """The model's own score that this map turns into p (up to MediaPipe's clamping at 0 and 1)."""
+        return sigmoid((logit(p, eps=1e-12) - self.offset) / self.slope)
+
+    def to_dict(self) -> dict:
+        return {"type": "platt", "transformation": "inverse_logistic", "slope": self.slope, "offset": self.offset}
+
+
+def fit_platt(scores, labels, iterations: int = 100) -> Platt:
+    """The Platt map that minimises the NLL of the labels, by Newton's method.
+
+    scores are the model's probabilities (not logits). Two parameters: the
+    slope fixes over- or under-confidence as a temperature would, and the
+    offset fixes a shift of every probability up or down, which a
+    temperature cannot (the prevalence or camera of a new site moves it).
+    """
+    t = inverse_logistic(scores)
+    y = np.asarray(labels, dtype=np.float64)
+    if len(t) == 0 or y.min() == y.max():
+        raise ValueError("Platt scaling needs both classes in the calibration data")
+    X = np.stack([t, np.ones_like(t)], axis=1)
+    w = np.array([1.0, 0.0])
+    for _ in range(iterations):
+        p = sigmoid(X @ w)
+        grad = X.T @ (p - y)
+        hess = (X * (p * (1 - p))[:, None]).T @ X + 1e-9 * np.eye(2)
+        step = np.linalg.solve(hess, grad)
+        w = w - step
+        if np.abs(step).max() < 1e-10:
+            break
+    if not w[0] > 0:
+        raise ValueError("the scores rank the classes the wrong way round: no Platt map with a positive slope fits")
+    return Platt(float(w[0]), float(w[1]))

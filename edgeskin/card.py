@@ -26,16 +26,26 @@ def render(result: dict, info: dict, config: dict | None = None, figure_dir: str
     info is the model's embedded metadata and config the training run's
     config.json (either may be empty): the card states only what they record.
     """
-    m, d, model = result["metrics"], result["data"], result["model"]
     config = config or {}
     training = {**{k: config[k] for k in ("data", "counts", "notes", "command", "seconds") if k in config},
                 **info.get("training", {})}
-    options = config.get("options", {})
-    net = options.get("model", {})
-    size = info.get("input", {}).get("size", net.get("image_size"))
-    counts = training.get("counts", {})
-    checks = info.get("checks", {})
-    lines = [
+    sections = (
+        _header(result, info),
+        _model(result, info, config),
+        _data(result, training, config),
+        _training(training, config),
+        _results(result),
+        _operating_points(result, info),
+        _robustness(result),
+        _figures(result, figure_dir),
+        _limitations(),
+    )
+    return "\n".join(line for section in sections for line in section + [""])
+
+
+def _header(result: dict, info: dict) -> list[str]:
+    model = result["model"]
+    return [
         f"# Model card: edgeskin {info.get('version', '')} ({model.get('quantization') or model['kind']})",
         "",
         f"> **Medical disclaimer.** {DISCLAIMER}",
@@ -46,15 +56,39 @@ def render(result: dict, info: dict, config: dict | None = None, figure_dir: str
         "- A screening aid, not a diagnosis. At the default `screening` operating point the model is tuned to "
         "miss as few malignant lesions as possible, at the cost of many false alarms.",
         "- Not for clinical photographs, non-dermoscopic phone pictures, mucosal or nail lesions, or children.",
-        "",
+    ]
+
+
+def _model(result: dict, info: dict, config: dict) -> list[str]:
+    model = result["model"]
+    options = config.get("options", {})
+    net = options.get("model", {})
+    size = info.get("input", {}).get("size", net.get("image_size"))
+    return [
         "## Model",
         f"- MobileNetV2 (alpha {net.get('alpha', 'not recorded')}, {size}×{size} input), backbone weights "
         f"`{net.get('weights', 'not recorded')}`, fine-tuned from `{options.get('fine_tune_from', 'not recorded')}`; "
         "preprocessing is inside the graph, so the model takes raw RGB pixels 0–255.",
-        f"- File: `{model['name']}` ({model.get('quantization') or model['kind']}); labels `benign`, `malignant`; "
-        f"output: temperature-calibrated probabilities (T = {model['temperature']:.3f})."
-        if model.get("temperature") else f"- File: `{model['name']}`.",
-        "",
+        _output_line(model, info),
+    ]
+
+
+def _output_line(model: dict, info: dict) -> str:
+    head = f"- File: `{model['name']}` ({model.get('quantization') or model['kind']}); labels `benign`, `malignant`; output: "
+    cal = info.get("score_calibration")
+    if cal:
+        return (head + f"probabilities calibrated by a Platt map carried as standard score-calibration metadata "
+                f"(slope {cal['slope']:.4f}, offset {cal['offset']:.4f}, on the inverse logistic of the model's output; "
+                f"fitted on the {cal.get('fitted_on', 'calibration split')}).")
+    if model.get("temperature"):
+        return head + f"temperature-calibrated probabilities (T = {model['temperature']:.3f})."
+    return f"- File: `{model['name']}`."
+
+
+def _data(result: dict, training: dict, config: dict) -> list[str]:
+    m, d = result["metrics"], result["data"]
+    counts = training.get("counts", {})
+    lines = [
         "## Data",
         f"- Training source: `{training.get('data', 'not recorded')}`"
         + (" — the ISIC-archive derived \"Skin Cancer: Malignant vs. Benign\" set (Claudio Fanconi), dermoscopy JPEGs."
@@ -67,17 +101,48 @@ def render(result: dict, info: dict, config: dict | None = None, figure_dir: str
                      "of train/ with near-duplicates kept on one side. test/ was never read in training.")
     for note in training.get("notes", []):
         lines.append(f"- {note[0].upper() + note[1:]}.")
-    lines += [
-        f"- Evaluation set: `{d['source']}`, {d['split']} split: {d['images']} images, of which "
-        f"{d['near_duplicates_left_out']} near-duplicate a training or calibration image and were left out "
-        f"({d['evaluated']} evaluated: {m['n_malignant']} malignant, {m['n_benign']} benign).",
-        "",
+    if "audit_flags" in config:
+        flags = config["audit_flags"]
+        lines.append("- Shortcut audit of the training images (`audit/` in the run folder): "
+                     + (f"{len(flags)} properties predict the label on their own: {', '.join(flags)}."
+                        if flags else "no property predicts the label on its own."))
+    lines.append(f"- Evaluation set: `{d['source']}`, {d['split']} split: {d['images']} images, of which "
+                 f"{d['near_duplicates_left_out']} near-duplicate a training or calibration image and were left out "
+                 f"({d['evaluated']} evaluated: {m['n_malignant']} malignant, {m['n_benign']} benign).")
+    return lines
+
+
+def _training(training: dict, config: dict) -> list[str]:
+    aug = config.get("options", {}).get("augmentation")
+    lines = [
         "## Training",
         f"- Command: `{training.get('command', 'not recorded')}`",
         f"- Seed: {training.get('seed', 'not recorded')}; wall time: "
         + (f"{training['seconds'] / 60:.0f} min" + (f" on {config['cpus']} CPU cores" if config.get("cpus") else "")
            if training.get("seconds") else "not recorded") + ".",
-        "",
+    ]
+    if aug:
+        harmonize = (f"every training image re-encoded once at JPEG quality {aug['harmonize_quality']} 4:2:0, then "
+                     if aug.get("harmonize_quality") else "")
+        chroma = config.get("options", {}).get("model", {}).get("chroma_subsampling")
+        lines.append(
+            "- Compression-blind recipe: "
+            + ("chroma halved to 4:2:0 inside the model graph for every image, in training and on the device; " if chroma else "")
+            + f"{harmonize}on every draw a random crop ({aug['crop_scale'][0]:.2f}–{aug['crop_scale'][1]:.2f} "
+            f"of the area), flips, 90° rotations, colour temperature ±{aug['temperature']:.2f}, brightness, contrast and "
+            f"saturation ±{aug['brightness']:.2f}, and a JPEG re-encode at a random quality "
+            f"{aug['jpeg_quality'][0]}–{aug['jpeg_quality'][1]} with random {'/'.join(aug['subsampling'])} chroma "
+            f"(probability {aug['jpeg_probability']:.2f}).")
+    qualities = config.get("options", {}).get("calibration_qualities")
+    if qualities:
+        lines.append(f"- Model selection, temperature and operating points on the calibration split re-encoded at JPEG "
+                     f"quality {', '.join(map(str, qualities))} with 4:2:0 chroma, as phones save images.")
+    return lines
+
+
+def _results(result: dict) -> list[str]:
+    m = result["metrics"]
+    lines = [
         "## Results on the evaluation set",
         "All intervals are 95% percentile bootstrap intervals (1,000 resamples of the evaluated images).",
         "",
@@ -90,13 +155,20 @@ def render(result: dict, info: dict, config: dict | None = None, figure_dir: str
     ]
     if "ece_before_temperature" in m:
         lines.append(f"| ECE before temperature scaling | {_ci(m['ece_before_temperature'])} |")
+    if "ece_before_platt" in m:
+        lines.append(f"| ECE before the Platt map | {_ci(m['ece_before_platt'])} |")
     if "compare" in result:
         c, cname = result["compare"]["metrics"], result["compare"]["model"]["name"]
         lines.append(f"| ROC AUC of `{cname}` on the same images | {_ci(c['roc_auc'])} |")
     for t, v in m["specificity_at_sensitivity"].items():
         lines.append(f"| specificity at sensitivity ≥ {t} | {_ci(v)} |")
-    lines += [
-        "",
+    return lines
+
+
+def _operating_points(result: dict, info: dict) -> list[str]:
+    m, model = result["metrics"], result["model"]
+    checks = info.get("checks", {})
+    lines = [
         "## Operating points",
         "Chosen on the calibration split"
         + (" from the int8 model's own outputs" if model.get("quantization") == "int8" else "")
@@ -113,12 +185,43 @@ def render(result: dict, info: dict, config: dict | None = None, figure_dir: str
         lines += ["", f"Quantization check on the calibration split: float AUC {checks.get('float_auc', float('nan')):.4f}, "
                       f"{model.get('quantization')} AUC {checks.get('auc', float('nan')):.4f}; screening decisions agree on "
                       f"{checks.get('screening_decision_agreement', float('nan')):.1%} of images."]
-    lines += ["", "## Figures", ""]
-    for f in m.get("figures", []):
+    return lines
+
+
+def robustness_rows(rows: list[dict]) -> list[str]:
+    """The robustness table in markdown (also used by the README): screening figures, and their change."""
+    lines = ["| perturbation | ROC AUC (95% CI) | screening sensitivity | screening specificity (Δ) | decisions flipped | "
+             "median \\|Δp\\| |", "|---|---|---|---|---|---|"]
+    for r in rows:
+        pt = r["operating_points"].get("screening") or next(iter(r["operating_points"].values()))
+        lines.append(f"| {r['description']} | {_ci(r['roc_auc'])} | {pt['sensitivity']:.3f} | "
+                     f"{pt['specificity']:.3f} ({pt['delta_specificity']:+.3f}) | "
+                     f"{r['screening_flip_rate']:.1%} | {r['median_abs_delta']:.4f} |")
+    return lines
+
+
+def _robustness(result: dict) -> list[str]:
+    if "robustness" not in result:
+        return []
+    lines = ["## Robustness", "The evaluation set again, each image changed one way before the model's own crop and "
+             "resize. Flipped: the share of screening decisions that differ from those on the unchanged images.", ""]
+    lines += robustness_rows(result["robustness"])
+    if "robustness" in result.get("compare", {}):
+        lines += ["", f"The same for `{result['compare']['model']['name']}`:", ""]
+        lines += robustness_rows(result["compare"]["robustness"])
+    return lines
+
+
+def _figures(result: dict, figure_dir: str) -> list[str]:
+    lines = ["## Figures", ""]
+    for f in result["metrics"].get("figures", []):
         name = Path(f).stem.replace("_", " ")
         lines.append(f"![{name}]({figure_dir}/{Path(f).name})")
-    lines += [
-        "",
+    return lines
+
+
+def _limitations() -> list[str]:
+    return [
         "## Limitations",
         "- One source: every image comes from the ISIC archive through one public re-packaging; performance on other "
         "clinics, dermoscopes and populations is unknown and likely lower.",
@@ -131,6 +234,4 @@ def render(result: dict, info: dict, config: dict | None = None, figure_dir: str
         "",
         "## Medical disclaimer",
         DISCLAIMER,
-        "",
     ]
-    return "\n".join(lines)

@@ -59,13 +59,18 @@ def main():
 @click.option("--head-epochs", type=click.IntRange(1), default=40, show_default=True)
 @click.option("--fine-tune-epochs", type=click.IntRange(0), default=25, show_default=True)
 @click.option("--fine-tune-from", default="block_11_expand", show_default=True, help="First backbone layer to unfreeze.")
+@click.option("--patience", type=click.IntRange(1), default=5, show_default=True,
+              help="Epochs without a better validation AUC before a phase stops.")
 @click.option("--loss", type=click.Choice(["bce", "focal"]), default="bce", show_default=True)
 @click.option("--class-weights/--no-class-weights", default=True, show_default=True)
-@click.option("--augment/--no-augment", default=True, show_default=True)
+@click.option("--augment/--no-augment", default=True, show_default=True,
+              help="Random crops, flips, colour and JPEG re-encodes; --no-augment keeps only the harmonizing re-encode.")
+@click.option("--head-copies", type=click.IntRange(1, 32), default=4, show_default=True,
+              help="Augmented copies of the training set whose frozen features train the head.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @_friendly
 def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,
-          fine_tune_from, loss, class_weights, augment, overwrite):
+          fine_tune_from, patience, loss, class_weights, augment, head_copies, overwrite):
     """Fine-tune MobileNetV2 on DATA and calibrate its threshold.
 
     DATA is a folder with train/ (and optional val/, test/) holding benign/
@@ -74,14 +79,16 @@ def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size,
 
     Example: edgeskin train ../shared/data/isic-binary --out runs/isic --seed 42
     """
+    from edgeskin.augment import AugmentOptions
     from edgeskin.model import ModelOptions
     from edgeskin.train import TrainOptions, train as run_training
 
     options = TrainOptions(
         model=ModelOptions(image_size=image_size, alpha=float(alpha), weights=weights),
         seed=seed, val_fraction=val_fraction, batch_size=batch_size, head_epochs=head_epochs,
-        fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, loss=loss,
-        class_weights=class_weights, augment=augment,
+        fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, patience=patience, loss=loss,
+        class_weights=class_weights, augmentation=AugmentOptions() if augment else AugmentOptions.off(),
+        head_copies=head_copies,
     )
     command = "edgeskin " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
     result = run_training(data, out, options, overwrite=overwrite, log=click.echo, command=command)
@@ -90,6 +97,33 @@ def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size,
         click.echo(f"  {point.name:<10} threshold {point.threshold:.4f}  "
                    f"sensitivity {point.sensitivity:.3f}  specificity {point.specificity:.3f}")
     click.echo(f"run saved to {result.run_dir}")
+
+
+@main.command()
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--out", type=click.Path(file_okay=False), default="audit", show_default=True,
+              help="Folder for audit.json, properties.csv and audit.png.")
+@click.option("--split", type=click.Choice(["all", "train", "val", "test"]), default="all", show_default=True,
+              help="Audit only this split's images.")
+@click.option("--bootstrap", type=click.IntRange(100, 100000), default=1000, show_default=True)
+@_friendly
+def audit(data, out, split, bootstrap):
+    """Find shortcuts in DATA: file and pixel properties that predict the label on their own.
+
+    Flagged properties (marked !) need an answer before training: remove the
+    cue, or make training blind to it. Near-duplicates within and across
+    splits are counted too.
+
+    Example: edgeskin audit ../shared/data/isic-binary --split train --out audit
+    """
+    from edgeskin import audit as audit_lib
+    from edgeskin import data as data_lib
+
+    ds = data_lib.discover(data)
+    parts = {name: ds.split(name) for name in data_lib.SPLITS if split in ("all", name)}
+    report = audit_lib.audit([s for part in parts.values() for s in part], out, n_boot=bootstrap, splits=parts)
+    click.echo(audit_lib.table(report))
+    click.echo(f"wrote {out}/{audit_lib.AUDIT_FILE}, {audit_lib.PROPERTIES_FILE} and {audit_lib.FIGURE_FILE}")
 
 
 @main.command()
@@ -174,6 +208,38 @@ def predict(paths, model, threshold, operating_point, as_json, threads, tta):
 
 
 @main.command()
+@click.argument("model", type=click.Path(exists=True, dir_okay=False))
+@click.argument("data", type=click.Path(exists=True))
+@click.option("--out", type=click.Path(dir_okay=False), required=True, help="The new .tflite file (never MODEL itself).")
+@click.option("--target-sensitivity", type=click.FloatRange(0.5, 1.0), default=0.95, show_default=True,
+              help="Sensitivity the screening operating point must reach on DATA.")
+@click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True, help="Folds of the cross-validated report.")
+@click.option("--bootstrap", type=click.IntRange(100, 100000), default=1000, show_default=True)
+@_friendly
+def calibrate(model, data, out, target_sensitivity, folds, bootstrap):
+    """Calibrate MODEL for a site on its own labelled images, without TensorFlow.
+
+    Fits a Platt map on the model's outputs over DATA (any layout `train`
+    accepts, every image used) and re-chooses the operating points, then
+    writes a new model carrying both as standard metadata, with its JSON,
+    a model card and a reliability figure beside it. MODEL is never changed.
+    The before/after figures are cross-validated.
+
+    Example: edgeskin calibrate models/edgeskin_int8.tflite clinic_images/ --out clinic.tflite
+    """
+    from edgeskin.site import SiteOptions, calibrate as run_calibration, summary
+
+    def progress(items, n):
+        with click.progressbar(items, length=n, label="scoring", file=sys.stderr) as bar:
+            yield from bar
+
+    options = SiteOptions(target_sensitivity=target_sensitivity, folds=folds, n_boot=bootstrap)
+    result = run_calibration(model, data, out, options, progress)
+    click.echo(summary(result))
+    click.echo(f"wrote {result.path}, {result.path.with_suffix('.json')} and its model card")
+
+
+@main.command()
 @click.argument("model", type=click.Path(exists=True))
 @click.argument("data", type=click.Path(exists=True))
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None, help="Also report this threshold.")
@@ -182,8 +248,10 @@ def predict(paths, model, threshold, operating_point, as_json, threads, tta):
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Run folder whose history.csv gives the training curves.")
 @click.option("--bootstrap", type=click.IntRange(100, 100000), default=1000, show_default=True)
+@click.option("--robustness/--no-robustness", default=True, show_default=True,
+              help="Also score the set re-encoded, rescaled, relit, rotated and flipped (one pass each).")
 @_friendly
-def evaluate(model, data, threshold, out, compare, run_dir, bootstrap):
+def evaluate(model, data, threshold, out, compare, run_dir, bootstrap, robustness):
     """Evaluate MODEL (.tflite, .keras or run folder) on DATA, with CIs, figures and a model card.
 
     DATA is any layout `train` accepts. Its test/ split is used when there is
@@ -200,7 +268,7 @@ def evaluate(model, data, threshold, out, compare, run_dir, bootstrap):
         with click.progressbar(items, length=n, label="scoring", file=sys.stderr) as bar:
             yield from bar
 
-    result = run_evaluation(model, data, out, threshold, compare, bootstrap, progress, run_dir)
+    result = run_evaluation(model, data, out, threshold, compare, bootstrap, progress, run_dir, robustness)
     click.echo(table(result))
     click.echo(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'MODEL_CARD.md'} and {Path(out) / 'figures'}/")
 

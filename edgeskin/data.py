@@ -23,6 +23,11 @@ from edgeskin.imageio import IMAGE_SUFFIXES, ImageError, load_rgb
 
 LABELS = ("benign", "malignant")  # index 1 is the positive class everywhere
 SPLITS = ("train", "val", "test")
+# Fewest images of either class that a calibration or evaluation set may
+# have: below it a threshold chosen for 95% sensitivity rests on one or two
+# cases, and a bootstrap interval means nothing. Train (its calibration
+# split), evaluate and calibrate all refuse smaller sets.
+MIN_PER_CLASS = 20
 
 
 class DataError(ValueError):
@@ -123,12 +128,15 @@ def discover(source) -> Dataset:
     raise DataError(f"{root}: expected train/ or benign/ and malignant/ folders, or a CSV manifest")
 
 
-def check_classes(samples, what: str) -> None:
-    """Stop early, and say why, if a class is empty."""
+def check_classes(samples, what: str, minimum: int = 1) -> None:
+    """Stop early, and say why, if a class is empty (or has fewer than minimum images)."""
     counts = Counter(s.label for s in samples)
     empty = [LABELS[k] for k in range(len(LABELS)) if counts.get(k, 0) == 0]
     if empty:
         raise DataError(f"{what}: no {' and no '.join(empty)} images")
+    few = [f"{counts.get(k, 0)} {LABELS[k]}" for k in range(len(LABELS)) if counts.get(k, 0) < minimum]
+    if few:
+        raise DataError(f"{what}: only {' and '.join(few)} images; at least {minimum} of each class are needed")
 
 
 def load_images(samples, size: int, workers: int | None = None) -> np.ndarray:

@@ -13,6 +13,7 @@ import json
 import os
 import shutil
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -40,34 +41,48 @@ class Scorer:
     temperature: float | None
     info: dict
     run_dir: Path | None
+    platt: calibration.Platt | None = None  # the score calibration a .tflite carries
 
-    def score(self, samples, progress=None) -> np.ndarray:
-        samples = list(samples)
+    def predictor(self):
+        """(input size, a function from a (n, size, size, 3) uint8 batch to malignant probabilities)."""
         if self.kind == "tflite":
             from edgeskin.runtime import Classifier
 
             classifier = Classifier(self.path, num_threads=os.cpu_count())
-            out, failed = [], []
-            results = classifier.predict([s.path for s in samples], threshold=0.5)
-            for r in progress(results, len(samples)) if progress else results:
-                if hasattr(r, "error"):
-                    failed.append(r.error)
-                out.append(getattr(r, "malignant_probability", np.nan))
-            if failed:
-                raise EvaluationError(f"{len(failed)} unreadable image(s): {failed[0]}")
-            return np.array(out, dtype=np.float64)
+            return classifier.image_size, lambda x: np.array([classifier.malignant_probability(v) for v in x])
         from edgeskin import model as model_lib
 
         net = model_lib.load(self.path)
-        size = int(net.input_shape[1])
-        chunks = [samples[i : i + 64] for i in range(0, len(samples), 64)]
-        out = []
-        for chunk in progress(chunks, len(chunks)) if progress else chunks:
-            y = net.predict(data.load_images(chunk, size), verbose=0)
+
+        def run(x):
+            y = net.predict(x, verbose=0)
             # A serving model gives [benign, malignant]; a training model one logit.
             # A training model's logit gets the run's temperature, so that its
             # probabilities match the operating points chosen on them.
-            out.append(y[:, 1] if y.shape[1] == 2 else calibration.sigmoid(y[:, 0] / (self.temperature or 1.0)))
+            return y[:, 1] if y.shape[1] == 2 else calibration.sigmoid(y[:, 0] / (self.temperature or 1.0))
+
+        return int(net.input_shape[1]), run
+
+    def score(self, samples, progress=None, transform=None, predictor=None) -> np.ndarray:
+        """Malignant probabilities of the samples; transform (PIL -> PIL), if given,
+        changes each decoded image before the model's own crop and resize."""
+        from edgeskin.imageio import ImageError, open_rgb, to_model_input
+
+        samples = list(samples)
+        size, run = predictor or self.predictor()
+
+        def decode(s):
+            try:
+                im = open_rgb(s.path)
+                return to_model_input(transform(im) if transform else im, size)
+            except ImageError as exc:
+                raise EvaluationError(f"unreadable image: {exc}") from exc
+
+        chunks = [samples[i : i + 64] for i in range(0, len(samples), 64)]
+        out = []
+        with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+            for chunk in progress(chunks, len(chunks)) if progress else chunks:
+                out.append(run(np.stack(list(pool.map(decode, chunk)))))
         return np.concatenate(out).astype(np.float64)
 
 
@@ -84,6 +99,12 @@ def load_scorer(source) -> Scorer:
         except metadata.MetadataError as exc:
             raise RuntimeModelError(f"{source}: {exc}") from exc
         points = {k: v["threshold"] for k, v in info.get("operating_points", {}).items()}
+        cal = info.get("score_calibration")
+        if cal:
+            # Its probabilities are Platt-calibrated, so "before calibration"
+            # means before the Platt map, not before the temperature.
+            platt = calibration.Platt(cal["slope"], cal["offset"])
+            return Scorer(source.name, source, "tflite", points, None, info, None, platt)
         return Scorer(source.name, source, "tflite", points, info.get("temperature"), info, None)
     run_dir = source if source.is_dir() else source.parent
     keras_path = source if source.is_file() else source / "model.keras"
@@ -108,7 +129,7 @@ def evaluation_set(source) -> tuple[tuple[data.Sample, ...], dict]:
         kept = ds.train + ds.val
         desc = {"source": str(Path(source).resolve()), "split": "all", "images": len(kept),
                 "near_duplicates_left_out": 0, "evaluated": len(kept), "rule": "every image in the set"}
-    data.check_classes(kept, f"{source}: evaluation set")
+    data.check_classes(kept, f"{source}: evaluation set", data.MIN_PER_CLASS)
     return kept, desc
 
 
@@ -121,12 +142,12 @@ def write_predictions(path: Path, samples, p: np.ndarray) -> None:
 
 
 def report_files(y, p, thresholds: dict, out: Path, temperature=None, compare=None, history=None,
-                 n_boot: int = 1000, name: str = "model") -> dict:
+                 n_boot: int = 1000, name: str = "model", platt=None) -> dict:
     """Metrics and figures for one scored set; shared by `evaluate` and the end of `train`."""
     out.mkdir(parents=True, exist_ok=True)
     figs = out / "figures"
     figs.mkdir(exist_ok=True)
-    m = metrics.report(y, p, thresholds, temperature, n_boot=n_boot)
+    m = metrics.report(y, p, thresholds, temperature, n_boot=n_boot, platt=platt)
     named = {k: v for k, v in m["thresholds"].items()}
     curves = {name: (y, p, m["roc_auc"]["value"])}
     pr = {name: (y, p, m["pr_auc"]["value"])}
@@ -138,7 +159,7 @@ def report_files(y, p, thresholds: dict, out: Path, temperature=None, compare=No
         figures.roc(curves, named, figs / "roc.png"),
         figures.precision_recall(pr, figs / "precision_recall.png"),
         figures.reliability(y, p, figs / "reliability.png",
-                            before=metrics.uncalibrated(p, temperature) if temperature else None),
+                            before=platt.invert(p) if platt else metrics.uncalibrated(p, temperature) if temperature else None),
         figures.threshold_sweep(y, p, named, figs / "threshold_sweep.png"),
         figures.confusion_matrices(named, figs / "confusion_matrices.png"),
         figures.histograms(y, p, named, figs / "probability_histograms.png"),
@@ -149,16 +170,32 @@ def report_files(y, p, thresholds: dict, out: Path, temperature=None, compare=No
     return m
 
 
+def _compare(compare, samples, y, threshold, n_boot, progress):
+    other = load_scorer(compare)
+    cp = other.score(samples, progress)
+    cthr = dict(other.operating_points) or {"requested": threshold if threshold is not None else 0.5}
+    return other.name, cp, metrics.report(y, cp, cthr, other.temperature, n_boot=n_boot, platt=other.platt), other
+
+
+def _robustness(scorer: Scorer, samples, y, p, n_boot, progress) -> list[dict]:
+    from edgeskin import robustness
+
+    predictor = scorer.predictor()
+    points = dict(scorer.operating_points) or {"requested": 0.5}
+    return robustness.measure(lambda t: scorer.score(samples, transform=t, predictor=predictor), y, p, points,
+                              n_boot=n_boot, progress=progress)
+
+
 def evaluate(model, source, out, threshold: float | None = None, compare=None, n_boot: int = 1000,
-             progress=None, run_dir=None) -> dict:
+             progress=None, run_dir=None, robust: bool = True) -> dict:
     """Score model (and optionally compare) on source and write everything to out.
 
-    metrics.json, predictions.csv, figures/ and MODEL_CARD.md are written to a
-    staging folder first and moved into out only once all exist, so a failure
-    never leaves out (often models/) with new figures beside an old card.
+    With robust, every perturbation of the robustness table costs one more
+    pass over the set. metrics.json, predictions.csv, figures/ and
+    MODEL_CARD.md are written to a staging folder first and moved into out
+    only once all exist, so a failure never leaves out (often models/) with
+    new figures beside an old card.
     """
-    from edgeskin import card
-
     out = Path(out)
     if threshold is not None and not (np.isfinite(threshold) and 0.0 <= threshold <= 1.0):
         raise EvaluationError(f"threshold must be a number in [0, 1], got {threshold}")
@@ -171,41 +208,52 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
     y = np.array([s.label for s in samples])
     p = scorer.score(samples, progress)
     thresholds = dict(scorer.operating_points)
-    if threshold is not None:
-        thresholds["requested"] = float(threshold)
-    if not thresholds:
-        thresholds["requested"] = 0.5
-    cmp = None
-    if compare is not None:
-        other = load_scorer(compare)
-        cp = other.score(samples, progress)
-        cthr = dict(other.operating_points) or {"requested": threshold if threshold is not None else 0.5}
-        cm = metrics.report(y, cp, cthr, other.temperature, n_boot=n_boot)
-        cmp = (other.name, cp, cm)
+    if threshold is not None or not thresholds:
+        thresholds["requested"] = float(threshold) if threshold is not None else 0.5
+    cmp = _compare(compare, samples, y, threshold, n_boot, progress) if compare is not None else None
+    rows = _robustness(scorer, samples, y, p, n_boot, progress) if robust else None
+    cmp_rows = _robustness(cmp[3], samples, y, cmp[1], n_boot, progress) if robust and cmp is not None else None
+    config = json.loads((run / "config.json").read_text()) if run and (run / "config.json").is_file() else {}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".evaluate-") as staging:
         staging = Path(staging)
-        m = report_files(y, p, thresholds, staging, scorer.temperature, cmp, history, n_boot, scorer.name)
-        result = {
-            "model": {"name": scorer.name, "path": str(scorer.path), "kind": scorer.kind,
-                      "quantization": scorer.info.get("quantization", "float32" if scorer.kind == "keras" else None),
-                      "temperature": scorer.temperature, "operating_points": scorer.operating_points},
-            "data": desc,
-            "metrics": m,
-        }
-        if cmp is not None:
-            result["compare"] = {"model": {"name": cmp[0], "path": str(compare)}, "metrics": cmp[2]}
-        # What is returned is exactly what metrics.json holds, so the printed
-        # table and the model card can only show the numbers in the file.
-        result = metrics.json_safe(result)
-        config = json.loads((run / "config.json").read_text()) if run and (run / "config.json").is_file() else {}
-        write_predictions(staging / PREDICTIONS_FILE, samples, p)
-        (staging / METRICS_FILE).write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
-        (staging / CARD_FILE).write_text(card.render(result, scorer.info, config))
-        shutil.rmtree(out / "figures", ignore_errors=True)
-        for name in ("figures", PREDICTIONS_FILE, METRICS_FILE, CARD_FILE):
-            os.replace(staging / name, out / name)
+        m = report_files(y, p, thresholds, staging, scorer.temperature, cmp[:3] if cmp else None, history, n_boot,
+                         scorer.name, scorer.platt)
+        if rows is not None:
+            m["figures"] = sorted(m["figures"] + [str(figures.robustness(rows, staging / "figures" / "robustness.png")
+                                                      .relative_to(staging))])
+        result = _result(scorer, desc, m, cmp, compare, rows, cmp_rows)
+        _write_outputs(staging, out, samples, p, result, scorer, config)
     return result
+
+
+def _result(scorer: Scorer, desc: dict, m: dict, cmp, compare, rows, cmp_rows=None) -> dict:
+    """What metrics.json holds, and so exactly what the printed table and the card can show."""
+    result = {
+        "model": {"name": scorer.name, "path": str(scorer.path), "kind": scorer.kind,
+                  "quantization": scorer.info.get("quantization", "float32" if scorer.kind == "keras" else None),
+                  "temperature": scorer.temperature, "operating_points": scorer.operating_points},
+        "data": desc,
+        "metrics": m,
+    }
+    if cmp is not None:
+        result["compare"] = {"model": {"name": cmp[0], "path": str(compare)}, "metrics": cmp[2]}
+        if cmp_rows is not None:
+            result["compare"]["robustness"] = cmp_rows
+    if rows is not None:
+        result["robustness"] = rows
+    return metrics.json_safe(result)
+
+
+def _write_outputs(staging: Path, out: Path, samples, p, result: dict, scorer: Scorer, config: dict) -> None:
+    from edgeskin import card
+
+    write_predictions(staging / PREDICTIONS_FILE, samples, p)
+    (staging / METRICS_FILE).write_text(json.dumps(result, indent=2, allow_nan=False) + "\n")
+    (staging / CARD_FILE).write_text(card.render(result, scorer.info, config))
+    shutil.rmtree(out / "figures", ignore_errors=True)
+    for name in ("figures", PREDICTIONS_FILE, METRICS_FILE, CARD_FILE):
+        os.replace(staging / name, out / name)
 
 
 def _check_history(path: Path) -> None:
@@ -235,7 +283,8 @@ def table(result: dict) -> str:
              f"  PR AUC           {ci(m['pr_auc'])}",
              f"  Brier            {ci(m['brier'])}",
              f"  ECE (15 bins)    {ci(m['ece'])}" + (f"   before temperature: {ci(m['ece_before_temperature'])}"
-                                                     if "ece_before_temperature" in m else "")]
+                                                     if "ece_before_temperature" in m else "")
+             + (f"   before Platt: {ci(m['ece_before_platt'])}" if "ece_before_platt" in m else "")]
     for t, v in m["specificity_at_sensitivity"].items():
         lines.append(f"  specificity at sensitivity {t}: {ci(v)}")
     lines.append(f"  {'point':<11}{'threshold':>9}  {'sensitivity':<22}{'specificity':<22}{'PPV':<22}{'NPV':<22}")
@@ -245,4 +294,15 @@ def table(result: dict) -> str:
     if "compare" in result:
         c = result["compare"]["metrics"]
         lines.append(f"compare {result['compare']['model']['name']}: ROC AUC {ci(c['roc_auc'])}, PR AUC {ci(c['pr_auc'])}")
+    if "robustness" in result:
+        lines.append(robustness_table(result["robustness"]))
+    return "\n".join(lines)
+
+
+def robustness_table(rows: list[dict]) -> str:
+    lines = [f"  robustness {'':<12}{'ROC AUC':>8}  {'screening sens':>14}  {'spec':>6}  {'flipped':>8}  {'median |dp|':>11}"]
+    for r in rows:
+        pt = r["operating_points"].get("screening") or next(iter(r["operating_points"].values()))
+        lines.append(f"  {r['name']:<23}{r['roc_auc']['value']:>8.3f}  {pt['sensitivity']:>14.3f}  {pt['specificity']:>6.3f}  "
+                     f"{r['screening_flip_rate']:>8.1%}  {r['median_abs_delta']:>11.4f}")
     return "\n".join(lines)

@@ -29,6 +29,9 @@ class ExportOptions:
     representative_images: int = 300  # drawn from the training split
     max_auc_drop: float = 0.01  # int8 may lose at most this much AUC on the calibration split
     seed: int = 0
+    # Fit a Platt map on the exported model's own outputs and carry it as
+    # standard score-calibration metadata (see calibration.Platt).
+    platt: bool = True
 
     def __post_init__(self):
         if self.quantization not in ("int8", "float16", "float32"):
@@ -103,7 +106,7 @@ def _convert(serving, options: ExportOptions, representative: np.ndarray) -> byt
         return converter.convert()
 
 
-def build_info(run: dict, options: ExportOptions, image_size: int, points, checks: dict) -> dict:
+def build_info(run: dict, options: ExportOptions, image_size: int, points, checks: dict, platt=None) -> dict:
     """The JSON an app needs, embedded in the model and written beside it."""
     config, cal = run["config"], run["calibration"]
     return {
@@ -113,9 +116,12 @@ def build_info(run: dict, options: ExportOptions, image_size: int, points, check
         "labels": list(data.LABELS),
         "input": {"size": image_size, "channels": "RGB", "dtype": "uint8" if options.quantization == "int8" else "float32",
                   "range": [0, 255], "resize": "centre-crop to square, then bilinear resize"},
-        "output": "probabilities for [benign, malignant], temperature-calibrated",
+        "output": "probabilities for [benign, malignant]; apply score_calibration (Platt, on the inverse logistic)"
+                  if platt else "probabilities for [benign, malignant], temperature-calibrated",
         "quantization": options.quantization,
         "temperature": cal["temperature"],
+        **({"score_calibration": {**platt.to_dict(), "fitted_on": cal.get("chosen_on", "validation split")}}
+           if platt else {}),
         "operating_points": {k: v.to_dict() for k, v in points.items()},
         "default_operating_point": calibration.DEFAULT_OPERATING_POINT,
         "operating_points_chosen_on": cal.get("chosen_on", "validation split"),
@@ -125,6 +131,43 @@ def build_info(run: dict, options: ExportOptions, image_size: int, points, check
         "checks": checks,
         "created": time.strftime("%Y-%m-%d"),
     }
+
+
+def _calibration_data(splits, run: dict, size: int):
+    """The images the operating points are chosen on: the same calibration
+    pool that training used (older runs, without one, the plain split)."""
+    qualities = run["calibration"].get("calibration_qualities", [])
+    if qualities:
+        return train_lib.calibration_pool(splits.val, size, tuple(qualities))
+    return data.load_images(splits.val, size), np.array([s.label for s in splits.val])
+
+
+def _raw_scores(tflite: bytes, x: np.ndarray) -> np.ndarray:
+    """The new file's own outputs, through the very runtime an app would use."""
+    with tempfile.TemporaryDirectory() as tmp:
+        probe = Path(tmp) / "probe.tflite"
+        probe.write_bytes(tflite)
+        classifier = Classifier(probe, num_threads=os.cpu_count())
+        return np.array([classifier.raw_score(v) for v in x])
+
+
+def _check(p_float, p_raw, y, options: ExportOptions):
+    """Compare with the float model; fit the Platt map and the operating points on the exported outputs."""
+    from sklearn.metrics import roc_auc_score
+
+    platt = calibration.fit_platt(p_raw, y) if options.platt else None
+    p_new = platt.apply(p_raw) if platt else p_raw
+    float_auc, auc = float(roc_auc_score(y, p_float)), float(roc_auc_score(y, p_new))
+    float_points = calibration.choose_operating_points(p_float, y)
+    points = calibration.choose_operating_points(p_new, y)
+    d = calibration.DEFAULT_OPERATING_POINT
+    agreement = float(np.mean((p_float >= float_points[d].threshold) == (p_new >= points[d].threshold)))
+    checks = {"calibration_images": len(y), "float_auc": float_auc, "auc": auc,
+              f"{d}_decision_agreement": agreement, "max_auc_drop": options.max_auc_drop,
+              "passed": auc >= float_auc - options.max_auc_drop,
+              "ece_before_platt": calibration.expected_calibration_error(p_raw, y),
+              "ece_after_platt": calibration.expected_calibration_error(p_new, y)}
+    return checks, points, platt
 
 
 def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> ExportResult:
@@ -138,40 +181,15 @@ def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> 
     rng = np.random.default_rng(options.seed)
     pick = rng.permutation(len(splits.train))[: options.representative_images]
     representative = data.load_images([splits.train[i] for i in sorted(pick)], size)
-    x_val = data.load_images(splits.val, size)
-    y_val = np.array([s.label for s in splits.val])
+    x_val, y_val = _calibration_data(splits, run, size)
     log(f"converting to {options.quantization} ({len(representative)} representative training images)")
     tflite = _convert(serving, options, representative)
-
-    # Score the calibration split with the float model and with the new file
-    # through the very runtime an app would use.
     p_float = serving.predict(x_val, batch_size=64, verbose=0)[:, 1].astype(np.float64)
-    with tempfile.TemporaryDirectory() as tmp:
-        probe = Path(tmp) / "probe.tflite"
-        probe.write_bytes(tflite)
-        classifier = Classifier(probe, num_threads=os.cpu_count())
-        p_new = np.array([classifier.malignant_probability(x) for x in x_val])
-    from sklearn.metrics import roc_auc_score
-
-    float_auc, auc = float(roc_auc_score(y_val, p_float)), float(roc_auc_score(y_val, p_new))
-    float_points = calibration.choose_operating_points(p_float, y_val)
-    points = calibration.choose_operating_points(p_new, y_val)
-    d = calibration.DEFAULT_OPERATING_POINT
-    agreement = float(np.mean((p_float >= float_points[d].threshold) == (p_new >= points[d].threshold)))
-    passed = auc >= float_auc - options.max_auc_drop
-    checks = {"calibration_images": len(y_val), "float_auc": float_auc, "auc": auc,
-              f"{d}_decision_agreement": agreement, "max_auc_drop": options.max_auc_drop, "passed": passed}
-    info = build_info(run, options, size, points, checks)
+    checks, points, platt = _check(p_float, _raw_scores(tflite, x_val), y_val, options)
+    info = build_info(run, options, size, points, checks, platt)
     final = metadata.embed_for_apps(tflite, info)
-    if not passed:
-        # Keep whatever was at `out` before: a failed model never replaces a good one.
-        target = out.with_name(out.stem + ".failed.tflite")
-    else:
-        target = out
-    # Both files are complete on disk before either replaces its old version.
-    staged = [(target, final), (target.with_suffix(".json"), (json.dumps(info, indent=2) + "\n").encode())]
-    for path, payload in staged:
-        path.with_name(path.name + ".tmp").write_bytes(payload)
-    for path, _ in staged:
-        os.replace(path.with_name(path.name + ".tmp"), path)
-    return ExportResult(target, info, float_auc, auc, agreement, passed, len(final))
+    # A failed model never replaces a good one: it is kept aside instead.
+    target = out if checks["passed"] else out.with_name(out.stem + ".failed.tflite")
+    metadata.write_model_pair(target, final, info)
+    return ExportResult(target, info, checks["float_auc"], checks["auc"],
+                        checks[f"{calibration.DEFAULT_OPERATING_POINT}_decision_agreement"], checks["passed"], len(final))

@@ -75,7 +75,7 @@ def reliability(y, p, path: Path, bins: int = 15, before=None) -> Path:
         ax.plot(xs, ys, style, label=label)
 
     if before is not None:
-        curve(before, "before temperature scaling", "s--")
+        curve(before, "before calibration", "s--")
     curve(p, "calibrated", "o-")
     ax.plot([0, 1], [0, 1], ":", color="grey", label="perfect calibration")
     ax.set(ylabel="observed malignant fraction", title="Reliability diagram", ylim=(0, 1))
@@ -155,4 +155,56 @@ def training_curves(history_csv: Path, path: Path) -> Path | None:
         a.legend(fontsize=8)
     lx.set(ylabel="loss", title="Loss")
     ax.set(ylabel="ROC AUC", title="Validation AUC")
+    return _save(fig, path)
+
+
+def audit(report: dict, samples, rows, path: Path) -> Path:
+    """One panel a property: its distribution per class, the AUC in the title, flags in red."""
+    plt = _plt()
+    props = report["properties"]
+    cols = 4
+    fig, axes = plt.subplots(int(np.ceil(len(props) / cols)), cols, figsize=(4 * cols, 2.8 * np.ceil(len(props) / cols)))
+    labels = np.array([s.label for s in samples])
+    for ax, row in zip(axes.flat, props):
+        values = [r[row["property"]] for r in rows]
+        if row["kind"] == "numeric":
+            v = np.array(values, dtype=np.float64)
+            ok = np.isfinite(v)
+            bins = np.histogram_bin_edges(v[ok], bins=30) if ok.any() else 10
+            for k, (name, colour) in enumerate((("benign", "#1f77b4"), ("malignant", "#d62728"))):
+                ax.hist(v[ok & (labels == k)], bins=bins, alpha=0.55, density=True, color=colour, label=name)
+        else:
+            levels = sorted(set(values))
+            x = np.arange(len(levels))
+            for k, (name, colour) in enumerate((("benign", "#1f77b4"), ("malignant", "#d62728"))):
+                n = max(1, int((labels == k).sum()))
+                share = [sum(1 for val, y in zip(values, labels) if val == lv and y == k) / n for lv in levels]
+                ax.bar(x + (k - 0.5) * 0.4, share, width=0.4, color=colour, alpha=0.8, label=name)
+            ax.set_xticks(x, levels, fontsize=7)
+        ax.set_title(f"{row['property']}: AUC {row['auc']:.2f}" + (" FLAGGED" if row["flagged"] else ""),
+                     fontsize=9, color="#d62728" if row["flagged"] else "black")
+        ax.tick_params(labelsize=7)
+    for ax in list(axes.flat)[len(props):]:
+        ax.axis("off")
+    axes.flat[0].legend(fontsize=7)
+    return _save(fig, path)
+
+
+def robustness(rows: list[dict], path: Path) -> Path:
+    """Per perturbation: ROC AUC, the share of screening decisions that flip, and the median |delta probability|."""
+    plt = _plt()
+    names = [r["name"] for r in rows]
+    y = np.arange(len(names))
+    fig, axes = plt.subplots(1, 3, figsize=(12, 0.35 * len(names) + 1.5), sharey=True)
+    panels = (("roc_auc", "ROC AUC"), ("screening_flip_rate", "screening decisions flipped"),
+              ("median_abs_delta", "median |delta malignant_probability|"))
+    for ax, (key, title) in zip(axes, panels):
+        vals = [r[key]["value"] if isinstance(r[key], dict) else r[key] for r in rows]
+        ax.barh(y, vals, color="#1f77b4")
+        if key == "roc_auc":
+            ax.set_xlim(min(0.5, min(vals) - 0.02), 1.0)
+        ax.set_title(title, fontsize=9)
+        ax.tick_params(labelsize=8)
+    axes[0].set_yticks(y, names)
+    axes[0].invert_yaxis()
     return _save(fig, path)

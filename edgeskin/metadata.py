@@ -20,12 +20,15 @@ generated schema is at hand.
 from __future__ import annotations
 
 import json
+import os
 import struct
+from pathlib import Path
 
 KEY = "edgeskin"
 STANDARD_KEY = "TFLITE_METADATA"
 LABEL_FILE = "labels.txt"
 INFO_FILE = "edgeskin.json"
+CALIBRATION_FILE = "score_calibration.txt"
 AUTHOR = "edgeskin developers"
 LICENSE = ("Code: Apache-2.0. Weights: trained on ISIC Archive images (CC-0, CC-BY and CC-BY-NC); "
            "research and non-commercial use. A screening aid, not a diagnosis.")
@@ -123,6 +126,13 @@ def validate(info) -> dict:
         t = point.get("threshold") if isinstance(point, dict) else None
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 <= t <= 1.0:
             raise MetadataError(f"edgeskin metadata: operating point {name!r} has no threshold in [0, 1]")
+    cal = info.get("score_calibration")
+    if cal is not None:
+        ok = isinstance(cal, dict) and all(
+            isinstance(cal.get(k), (int, float)) and not isinstance(cal.get(k), bool) and math.isfinite(cal[k])
+            for k in ("slope", "offset"))
+        if not ok or cal["slope"] <= 0:
+            raise MetadataError("edgeskin metadata: 'score_calibration' needs a finite positive slope and a finite offset")
     default = info.get("default_operating_point", "screening")
     if not isinstance(default, str) or (points and default not in points):
         raise MetadataError("edgeskin metadata: 'default_operating_point' names no operating point")
@@ -144,11 +154,22 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number edgeskin accepts")
 
 
+def _tflite_schema():
+    """TFLite's generated flatbuffer classes: LiteRT ships them, so rewriting
+    metadata (`edgeskin calibrate`) needs no TensorFlow."""
+    try:
+        from ai_edge_litert import schema_py_generated as schema
+    except ImportError:  # pragma: no cover - only without LiteRT
+        from tensorflow.lite.python import schema_py_generated as schema
+    return schema
+
+
 def embed(model: bytes, extra: dict[str, bytes]) -> bytes:
-    """A copy of the model with metadata entries added or replaced (needs TensorFlow)."""
+    """A copy of the model (without any appended zip) with metadata entries added or replaced."""
     import flatbuffers
     import numpy as np
-    from tensorflow.lite.python import schema_py_generated as schema
+
+    schema = _tflite_schema()
 
     obj = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(model), 0))
     obj.metadata = [m for m in (obj.metadata or []) if m.name.decode() not in extra]
@@ -203,7 +224,8 @@ def standard_metadata(info: dict) -> bytes:
     out = md.TensorMetadataT()
     out.name = "probabilities"
     point = info["operating_points"][info["default_operating_point"]]
-    out.description = (f"Temperature-calibrated probabilities of {', '.join(info['labels'])}. Malignant when its "
+    out.description = (f"Probabilities of {', '.join(info['labels'])}, calibrated by the Platt map in "
+                       f"{CALIBRATION_FILE} when present. Malignant when its "
                        f"probability >= {point['threshold']:.4f}, the '{info['default_operating_point']}' operating point.")
     out.content = md.ContentT()
     out.content.contentPropertiesType = md.ContentProperties.FeatureProperties
@@ -215,6 +237,22 @@ def standard_metadata(info: dict) -> bytes:
     labels.description = "Output category labels, one per line, in output order."
     labels.type = md.AssociatedFileType.TENSOR_AXIS_LABELS
     out.associatedFiles = [labels]
+    out.processUnits = []
+    if info.get("score_calibration"):
+        # Platt scaling as standard metadata: MediaPipe Tasks and the Task
+        # Library apply it themselves, before the score threshold below.
+        score_cal = md.ScoreCalibrationOptionsT()
+        score_cal.scoreTransformation = md.ScoreTransformationType.INVERSE_LOGISTIC
+        score_cal.defaultScore = 0.0
+        unit = md.ProcessUnitT()
+        unit.optionsType = md.ProcessUnitOptions.ScoreCalibrationOptions
+        unit.options = score_cal
+        out.processUnits.append(unit)
+        params = md.AssociatedFileT()
+        params.name = CALIBRATION_FILE
+        params.description = "Platt scaling per output category: scale,slope,offset (INVERSE_LOGISTIC)."
+        params.type = md.AssociatedFileType.TENSOR_AXIS_SCORE_CALIBRATION
+        out.associatedFiles.append(params)
     # Score thresholding: a classifier that honours it reports 'malignant'
     # exactly when the default operating point calls the image malignant.
     threshold = md.ScoreThresholdingOptionsT()
@@ -222,7 +260,7 @@ def standard_metadata(info: dict) -> bytes:
     unit = md.ProcessUnitT()
     unit.optionsType = md.ProcessUnitOptions.ScoreThresholdingOptions
     unit.options = threshold
-    out.processUnits = [unit]
+    out.processUnits.append(unit)
 
     subgraph = md.SubGraphMetadataT()
     subgraph.inputTensorMetadata = [image]
@@ -259,7 +297,24 @@ def embed_for_apps(model: bytes, info: dict) -> bytes:
     with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(LABEL_FILE, "\n".join(info["labels"]) + "\n")
         zf.writestr(INFO_FILE, text + "\n")
+        if info.get("score_calibration"):
+            zf.writestr(CALIBRATION_FILE, calibration_lines(info))
     return buf.getvalue()
+
+
+def calibration_lines(info: dict) -> str:
+    """The TENSOR_AXIS_SCORE_CALIBRATION file: one 'scale,slope,offset' line per label.
+
+    The benign output is 1 - malignant before and after, so its line has the
+    same slope and the opposite offset. No trailing newline: MediaPipe reads
+    every line, an empty last one included, as one category's parameters.
+    """
+    cal = info["score_calibration"]
+    lines = []
+    for label in info["labels"]:
+        offset = cal["offset"] if label == "malignant" else -cal["offset"]
+        lines.append(f"1.0,{cal['slope']!r},{offset!r}")
+    return "\n".join(lines)
 
 
 def associated_files(model: bytes) -> dict[str, bytes]:
@@ -272,3 +327,13 @@ def associated_files(model: bytes) -> dict[str, bytes]:
             return {name: zf.read(name) for name in zf.namelist()}
     except zipfile.BadZipFile:
         return {}
+
+
+def write_model_pair(target, model: bytes, info: dict) -> None:
+    """Write a .tflite and its .json so that both are complete on disk before either replaces its old version."""
+    target = Path(target)
+    staged = [(target, model), (target.with_suffix(".json"), (json.dumps(info, indent=2) + "\n").encode())]
+    for path, payload in staged:
+        path.with_name(path.name + ".tmp").write_bytes(payload)
+    for path, _ in staged:
+        os.replace(path.with_name(path.name + ".tmp"), path)

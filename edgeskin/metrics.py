@@ -7,12 +7,11 @@ a percentile bootstrap around every figure.
 
 from __future__ import annotations
 
-import warnings
-
 import numpy as np
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
 from edgeskin import calibration
+from edgeskin.stats import bootstrap  # noqa: F401  (part of this module's API)
 
 SENSITIVITY_TARGETS = (0.90, 0.95, 0.99)
 
@@ -48,32 +47,6 @@ def specificity_at_sensitivity(y, p, target: float) -> float:
     return float(1.0 - fpr[ok].min())
 
 
-def bootstrap(fn, y, p, n: int = 1000, seed: int = 0, level: float = 0.95):
-    """Percentile bootstrap interval of fn(y, p), resampling cases with replacement.
-
-    fn may return a scalar, giving (lo, hi), or a vector, giving an array of
-    (lo, hi) rows. Resamples that hold only one class are skipped, since AUC
-    and the rates are undefined on them.
-    """
-    y, p = np.asarray(y), np.asarray(p)
-    rng = np.random.default_rng(seed)
-    values = []
-    for _ in range(n):
-        idx = rng.integers(0, len(y), len(y))
-        yy = y[idx]
-        if yy.min() == yy.max():
-            continue
-        values.append(np.atleast_1d(np.asarray(fn(yy, p[idx]), dtype=np.float64)))
-    if not values:
-        return float("nan"), float("nan")
-    with warnings.catch_warnings():
-        # A rate that is undefined on every resample (PPV when nothing is
-        # flagged) has an undefined interval: NaN, said once in the output.
-        warnings.simplefilter("ignore", RuntimeWarning)
-        bounds = np.nanquantile(np.array(values), [(1 - level) / 2, (1 + level) / 2], axis=0).T
-    return (float(bounds[0, 0]), float(bounds[0, 1])) if np.ndim(fn(y, p)) == 0 else bounds
-
-
 def _with_ci(fn, y, p, n, seed) -> dict:
     lo, hi = bootstrap(fn, y, p, n, seed)
     return {"value": float(fn(np.asarray(y), np.asarray(p))), "ci95": [lo, hi]}
@@ -96,7 +69,7 @@ def uncalibrated(p, temperature: float) -> np.ndarray:
 
 
 def report(y, p, thresholds: dict[str, float], temperature: float | None = None,
-           n_boot: int = 1000, seed: int = 0) -> dict:
+           n_boot: int = 1000, seed: int = 0, platt=None) -> dict:
     """Every figure of the evaluation, each with its 95% interval, under stable keys."""
     y = np.asarray(y).astype(int)
     p = np.asarray(p, dtype=np.float64)
@@ -118,6 +91,10 @@ def report(y, p, thresholds: dict[str, float], temperature: float | None = None,
         out["temperature"] = float(temperature)
         out["ece_before_temperature"] = _with_ci(
             lambda a, b: calibration.expected_calibration_error(uncalibrated(b, temperature), a), y, p, n_boot, seed)
+    if platt is not None:
+        out["score_calibration"] = platt.to_dict()
+        out["ece_before_platt"] = _with_ci(
+            lambda a, b: calibration.expected_calibration_error(platt.invert(b), a), y, p, n_boot, seed)
     keys = ("sensitivity", "specificity", "ppv", "npv", "f1", "balanced_accuracy")
     for name, t in thresholds.items():
         point = at_threshold(y, p, t)

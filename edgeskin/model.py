@@ -1,8 +1,9 @@
 """The network: MobileNetV2 with preprocessing inside and a one-logit head.
 
-The model takes raw RGB values 0-255. Scaling to MobileNetV2's [-1, 1] is a
-layer of the graph, so the Keras model, the exported TFLite file and the
-runtime can never disagree about preprocessing.
+The model takes raw RGB values 0-255. Halving the chroma resolution and
+scaling to MobileNetV2's [-1, 1] are layers of the graph, so the Keras
+model, the exported TFLite file and the runtime can never disagree about
+preprocessing.
 """
 
 from __future__ import annotations
@@ -30,10 +31,14 @@ class ModelOptions:
     alpha: float = 1.0
     weights: str = "imagenet"  # "imagenet", "none", or a path to an .h5 file
     dropout: float = 0.2
+    # Halve the chroma resolution inside the graph (see _preprocess).
+    chroma_subsampling: bool = True
 
     def __post_init__(self):
         if not 32 <= self.image_size <= 1024:
             raise ValueError(f"image_size must lie in [32, 1024], got {self.image_size}")
+        if self.chroma_subsampling and self.image_size % 2:
+            raise ValueError(f"in-graph chroma subsampling needs an even image_size, got {self.image_size}")
         if self.alpha not in (0.35, 0.5, 0.75, 1.0, 1.3, 1.4):
             raise ValueError(f"alpha must be one of MobileNetV2's 0.35, 0.5, 0.75, 1.0, 1.3, 1.4; got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
@@ -68,6 +73,43 @@ def _backbone(options: ModelOptions):
         raise ModelError(f"cannot build MobileNetV2 with weights {weights!r}: {exc}") from exc
 
 
+# JPEG's RGB -> YCbCr matrix (ITU-R BT.601, full range). KEEP takes an
+# image's luma and drops its chroma, TAKE the reverse, both back in RGB:
+# KEEP + TAKE is the identity, and the 128 offsets of Cb and Cr cancel.
+_YCC = np.array([[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]])
+CHROMA_KEEP = np.linalg.inv(_YCC) @ np.diag([1.0, 0.0, 0.0]) @ _YCC
+CHROMA_TAKE = np.linalg.inv(_YCC) @ np.diag([0.0, 1.0, 1.0]) @ _YCC
+
+
+def _preprocess(size: int, chroma_subsampling: bool):
+    """Raw RGB 0-255 in, MobileNetV2's [-1, 1] out, as one frozen sub-model.
+
+    With chroma_subsampling, the image's chroma is averaged over 2x2 blocks
+    and bilinearly upsampled while its luma is kept: what a 4:2:0 JPEG does.
+    Every image then reaches the network with the same chroma resolution,
+    whether its file was saved 4:4:4, 4:2:2 or 4:2:0, so no model can learn
+    how its training files were saved (in isic-binary, benign files are
+    4:4:4 and half the malignant ones 4:2:0). Doing it in the graph means
+    training, export, the runtime and MediaPipe all do it identically.
+    """
+    keras = _keras()
+    inputs = keras.Input((size, size, 3), name="rgb")
+    x = inputs
+    if chroma_subsampling:
+        keep = keras.layers.Conv2D(3, 1, use_bias=False, name="luma")
+        take = keras.layers.Conv2D(3, 1, use_bias=False, name="chroma")
+        blurred = keras.layers.UpSampling2D(2, interpolation="bilinear", name="chroma_up")(
+            keras.layers.AveragePooling2D(2, name="chroma_down")(x))
+        x = keras.layers.Add(name="chroma_420")([keep(x), take(blurred)])
+        # A 1x1 conv computes x @ kernel, so the kernel is the matrix transposed.
+        keep.set_weights([CHROMA_KEEP.T[None, None].astype("float32")])
+        take.set_weights([CHROMA_TAKE.T[None, None].astype("float32")])
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="scale")(x)
+    pre = keras.Model(inputs, x, name="preprocess")
+    pre.trainable = False
+    return pre
+
+
 def build(options: ModelOptions = ModelOptions()):
     """The training model: raw pixels in, one malignant logit out.
 
@@ -77,7 +119,7 @@ def build(options: ModelOptions = ModelOptions()):
     keras = _keras()
     size = options.image_size
     inputs = keras.Input((size, size, 3), name="image")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="preprocess")(inputs)
+    x = _preprocess(size, options.chroma_subsampling)(inputs)
     backbone = _backbone(options)
     # training=False keeps every BatchNorm in inference mode for good, even
     # once its layer is unfrozen: a few hundred dermoscopy images per batch

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeskin import metadata
+from edgeskin import calibration, metadata
 from edgeskin.imageio import ImageError, load_rgb
 
 MALIGNANT, BENIGN = "malignant", "benign"
@@ -75,6 +75,17 @@ class Failure:
         return {"path": self.path, "error": self.error}
 
 
+def _score_calibration(info: dict, path) -> "calibration.Platt | None":
+    """The Platt map the metadata carries, applied exactly as MediaPipe applies it."""
+    spec = info.get("score_calibration")
+    if not spec:
+        return None
+    try:
+        return calibration.Platt(float(spec["slope"]), float(spec["offset"]))
+    except (KeyError, TypeError, ValueError) as exc:
+        raise RuntimeModelError(f"{path}: unusable score calibration in its metadata ({exc})") from exc
+
+
 class Classifier:
     """A .tflite benign / malignant model and what its metadata says about it."""
 
@@ -104,6 +115,7 @@ class Classifier:
         if n_out not in (1, len(self.labels)) or (n_out > 1 and MALIGNANT not in self.labels):
             raise RuntimeModelError(f"{path}: output of {n_out} values does not match labels {self.labels}")
         self._malignant = self.labels.index(MALIGNANT) if n_out > 1 else 0
+        self.score_calibration = _score_calibration(self.info, path)
 
     # Thresholds -----------------------------------------------------------
     @property
@@ -142,6 +154,11 @@ class Classifier:
         return self._invoke(pixels)
 
     def _invoke(self, pixels: np.ndarray) -> float:
+        raw = self.raw_score(pixels)
+        return float(self.score_calibration.apply(raw)) if self.score_calibration else raw
+
+    def raw_score(self, pixels: np.ndarray) -> float:
+        """The model's own malignant output, before the score calibration in its metadata."""
         x = pixels[None].astype(np.float32)
         dtype = self._input["dtype"]
         scale, zero = self._input["quantization"]

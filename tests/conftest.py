@@ -71,6 +71,10 @@ def tiny_weights(tmp_path_factory) -> Path:
     return path
 
 
+TINY_TRAIN_PER_CLASS = 110
+TINY_TEST_PER_CLASS = 60
+
+
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_weights):
     """A run folder trained on synthetic data, and its int8 export."""
@@ -79,8 +83,11 @@ def tiny_run(tmp_path_factory, tiny_weights):
     from edgeskin.train import TrainOptions, train
 
     root = tmp_path_factory.mktemp("tiny")
-    write_class_folders(root / "data" / "train", 60, seed=1)
-    write_class_folders(root / "data" / "test", 8, seed=2)
+    # 110 a class, so that the 20% calibration split holds the 20 images of
+    # each class that train requires; the test split is larger still because
+    # evaluate leaves out its near-duplicates of (similar) training pictures.
+    write_class_folders(root / "data" / "train", TINY_TRAIN_PER_CLASS, seed=1)
+    write_class_folders(root / "data" / "test", TINY_TEST_PER_CLASS, seed=2)
     options = TrainOptions.for_smoke_test(
         model=ModelOptions(image_size=64, alpha=0.35, weights=str(tiny_weights)),
         head_epochs=8, head_learning_rate=3e-3, patience=8,

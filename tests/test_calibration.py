@@ -83,3 +83,52 @@ def test_ece_hand_computed():
     y = np.array([1, 0, 1, 1])
     assert cal.expected_calibration_error(p, y) == pytest.approx(0.25)
     assert cal.expected_calibration_error([0.0, 1.0], [0, 1]) == 0.0
+
+
+def test_platt_fit_on_a_hand_computed_saturated_case():
+    """Two score levels, logits -1 and +1, with 1 of 4 and 2 of 3 malignant:
+    two parameters fit two points exactly, so sigmoid(a t + b) equals each
+    level's malignant share, a = (logit(2/3) - logit(1/4)) / 2 and
+    b = (logit(1/4) + logit(2/3)) / 2."""
+    from edgeskin.calibration import fit_platt, sigmoid
+
+    x1, x2 = float(sigmoid(-1.0)), float(sigmoid(1.0))
+    scores = [x1] * 4 + [x2] * 3
+    labels = [1, 0, 0, 0, 1, 1, 0]
+    m = fit_platt(scores, labels)
+    l1, l2 = np.log(1 / 3), np.log(2.0)
+    assert m.slope == pytest.approx((l2 - l1) / 2, abs=1e-6)
+    assert m.offset == pytest.approx((l1 + l2) / 2, abs=1e-6)
+    assert m.apply([x1, x2]) == pytest.approx([1 / 4, 2 / 3], abs=1e-6)
+
+
+def test_platt_identity_and_mediapipe_clamping():
+    from edgeskin.calibration import Platt, inverse_logistic
+
+    x = np.array([0.01, 0.3, 0.5, 0.9])
+    assert Platt().apply(x) == pytest.approx(x)
+    # MediaPipe's ClampedLog: log(0) becomes 2 log(1e-16) - log(2e-16).
+    assert inverse_logistic(0.0) == pytest.approx(np.log(1e-16) - np.log(2.0))
+    assert inverse_logistic(1.0) == pytest.approx(-(np.log(1e-16) - np.log(2.0)))
+    assert Platt(2.0, 0.5).apply([0.0, 1.0]) == pytest.approx([0.0, 1.0])
+
+
+def test_platt_fit_recovers_a_known_map():
+    from edgeskin.calibration import fit_platt, sigmoid
+
+    rng = np.random.default_rng(0)
+    t = rng.normal(0, 2, 20000)
+    y = rng.random(20000) < sigmoid(0.5 * t - 0.7)
+    m = fit_platt(sigmoid(t), y)
+    assert m.slope == pytest.approx(0.5, abs=0.03) and m.offset == pytest.approx(-0.7, abs=0.05)
+
+
+def test_platt_refuses_one_class_and_bad_parameters():
+    from edgeskin.calibration import Platt, fit_platt
+
+    with pytest.raises(ValueError, match="both classes"):
+        fit_platt([0.2, 0.4], [1, 1])
+    with pytest.raises(ValueError):
+        Platt(-1.0, 0.0)
+    with pytest.raises(ValueError):
+        Platt(1.0, float("nan"))

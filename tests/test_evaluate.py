@@ -29,7 +29,7 @@ def test_evaluate_writes_every_file_and_agrees_with_predict(tiny_run, tmp_path):
     assert "ROC AUC" in r.output
     result = json.loads((out / "metrics.json").read_text())
     m = result["metrics"]
-    for key in ("roc_auc", "pr_auc", "brier", "ece", "ece_before_temperature", "specificity_at_sensitivity", "thresholds"):
+    for key in ("roc_auc", "pr_auc", "brier", "ece", "ece_before_platt", "specificity_at_sensitivity", "thresholds"):
         assert key in m
     assert set(m["thresholds"]) == {"screening", "balanced", "specific", "requested"}
     assert result["data"]["split"] == "test" and result["compare"]["metrics"]["roc_auc"]["value"] > 0
@@ -37,7 +37,7 @@ def test_evaluate_writes_every_file_and_agrees_with_predict(tiny_run, tmp_path):
         lo, hi = m[key]["ci95"]
         assert lo <= m[key]["value"] <= hi
     expected = {"roc.png", "precision_recall.png", "reliability.png", "threshold_sweep.png",
-                "confusion_matrices.png", "probability_histograms.png", "training_curves.png"}
+                "confusion_matrices.png", "probability_histograms.png", "training_curves.png", "robustness.png"}
     assert {f.split("/")[-1] for f in m["figures"]} == expected
     for name in expected:
         _valid_png(out / "figures" / name)
@@ -66,3 +66,50 @@ def test_run_folder_has_its_own_evaluation(tiny_run):
 def test_evaluate_bad_inputs(tmp_path, tiny_run):
     r = CliRunner().invoke(main, ["evaluate", str(tiny_run["tflite"]), str(tmp_path)])
     assert r.exit_code == 1 and "Traceback" not in r.output and r.output.count("Error") == 1
+
+
+def test_evaluate_robustness_table_on_a_tiny_model(tiny_run, tmp_path):
+    from edgeskin.perturb import BY_NAME, ROBUSTNESS
+
+    ROTATE = BY_NAME["rotate_90"].apply
+
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(main, ["evaluate", str(tiny_run["tflite"]), str(tiny_run["data"]), "--out", str(out),
+                                  "--compare", str(tiny_run["run"]), "--bootstrap", "100"])
+    assert r.exit_code == 0, r.output
+    result = json.loads((out / "metrics.json").read_text())
+    rows = {row["name"]: row for row in result["robustness"]}
+    assert list(rows) == [p.name for p in ROBUSTNESS]
+    assert [row["name"] for row in result["compare"]["robustness"]] == list(rows)
+    predictions = np.array([float(row["malignant_probability"]) for row in csv.DictReader(open(out / "predictions.csv"))])
+    y = np.array([row["label"] == "malignant" for row in csv.DictReader(open(out / "predictions.csv"))])
+    for row in rows.values():
+        assert 0.0 <= row["screening_flip_rate"] <= 1.0 and row["median_abs_delta"] >= 0.0
+        assert set(row["operating_points"]) == {"screening", "balanced", "specific"}
+        lo, hi = row["roc_auc"]["ci95"]
+        assert lo <= row["roc_auc"]["value"] <= hi
+    # One row re-derived by hand through the runtime: the table is computed
+    # from the perturbed scores, not copied from the unperturbed ones.
+    from edgeskin.imageio import open_rgb, to_model_input
+    from edgeskin.runtime import Classifier
+
+    clf = Classifier(tiny_run["tflite"])
+    paths = [row["path"] for row in csv.DictReader(open(out / "predictions.csv"))]
+    rotated = np.array([clf.malignant_probability(to_model_input(ROTATE(open_rgb(p)), clf.image_size)) for p in paths])
+    predictions = np.array([clf.malignant_probability(to_model_input(open_rgb(p), clf.image_size)) for p in paths])
+    t = result["model"]["operating_points"]["screening"]
+    assert rows["rotate_90"]["median_abs_delta"] == pytest.approx(np.median(np.abs(rotated - predictions)), abs=1e-5)
+    assert rows["rotate_90"]["screening_flip_rate"] == pytest.approx(np.mean((rotated >= t) != (predictions >= t)), abs=1e-9)
+    assert rows["rotate_90"]["roc_auc"]["value"] == pytest.approx(roc_auc_score(y, rotated), abs=1e-9)
+    _valid_png(out / "figures" / "robustness.png")
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Robustness" in card and "JPEG re-encode, quality 75, 4:2:0" in card
+    assert "jpeg_q75" in r.output  # the printed table
+
+
+def test_evaluate_without_robustness(tiny_run, tmp_path):
+    out = tmp_path / "eval"
+    r = CliRunner().invoke(main, ["evaluate", str(tiny_run["tflite"]), str(tiny_run["data"]), "--out", str(out),
+                                  "--no-robustness", "--bootstrap", "100"])
+    assert r.exit_code == 0, r.output
+    assert "robustness" not in json.loads((out / "metrics.json").read_text())

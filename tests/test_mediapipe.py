@@ -16,12 +16,15 @@ ROOT = Path(__file__).resolve().parent.parent
 PYTHON = Path(os.environ.get("EDGESKIN_MEDIAPIPE_PYTHON", ROOT / ".venv-mediapipe" / "bin" / "python"))
 
 
-def _check(model: Path, images: Path):
+SHARED_TEST = ROOT.parent / "shared" / "data" / "isic-binary" / "test"
+
+
+def _check(model: Path, images: Path, *extra: str):
     if not PYTHON.exists():
         if os.environ.get("CI"):
             pytest.fail(f"no MediaPipe environment at {PYTHON}; run.sh test should have made it")
         pytest.skip(f"no MediaPipe environment at {PYTHON}; ./run.sh test makes one")
-    return subprocess.run([str(PYTHON), str(ROOT / "scripts" / "check_mediapipe.py"), str(model), str(images)],
+    return subprocess.run([str(PYTHON), str(ROOT / "scripts" / "check_mediapipe.py"), str(model), str(images), *extra],
                           capture_output=True, text=True, timeout=600)
 
 
@@ -38,3 +41,26 @@ def test_mediapipe_reads_the_shipped_model():
 def test_mediapipe_reads_a_fresh_export(tiny_run):
     r = _check(tiny_run["tflite"], tiny_run["data"] / "test")
     assert r.returncode == 0, r.stdout + r.stderr
+
+
+@pytest.mark.skipif(not SHARED_TEST.is_dir(), reason="../shared/data/isic-binary is not beside the project")
+def test_mediapipe_applies_the_shipped_score_calibration_on_20_test_images():
+    r = _check(ROOT / "models" / "edgeskin_int8.tflite", SHARED_TEST, "--limit", "20")
+    assert r.returncode == 0, r.stdout + r.stderr
+    last = r.stdout.strip().splitlines()[-1]
+    assert last.startswith("PASS") and "over 20 images" in last and "with score calibration" in last
+
+
+@pytest.mark.slow
+def test_mediapipe_reads_a_site_calibrated_model(tiny_run, tmp_path):
+    from click.testing import CliRunner
+
+    from edgeskin.cli import main
+
+    out = tmp_path / "clinic.tflite"
+    r = CliRunner().invoke(main, ["calibrate", str(tiny_run["tflite"]), str(tiny_run["data"] / "test"), "--out", str(out),
+                                  "--bootstrap", "100"])
+    assert r.exit_code == 0, r.output
+    r = _check(out, tiny_run["data"] / "test")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "with score calibration" in r.stdout

@@ -55,8 +55,26 @@ def test_standard_model_metadata(tiny_run):
     out = sub.outputTensorMetadata[0]
     assert out.associatedFiles[0].name.decode() == metadata.LABEL_FILE
     assert out.associatedFiles[0].type == md.AssociatedFileType.TENSOR_AXIS_LABELS
-    threshold = out.processUnits[0].options.globalScoreThreshold
+    units = {u.optionsType: u.options for u in out.processUnits}
+    threshold = units[md.ProcessUnitOptions.ScoreThresholdingOptions].globalScoreThreshold
     assert threshold == pytest.approx(info["operating_points"]["screening"]["threshold"], abs=1e-6)
+    # The Platt map, as MediaPipe and the Task Library read it.
+    assert units[md.ProcessUnitOptions.ScoreCalibrationOptions].scoreTransformation == md.ScoreTransformationType.INVERSE_LOGISTIC
+    assert out.processUnits[-1].optionsType == md.ProcessUnitOptions.ScoreThresholdingOptions
+    cal_file = out.associatedFiles[1]
+    assert cal_file.name.decode() == metadata.CALIBRATION_FILE
+    assert cal_file.type == md.AssociatedFileType.TENSOR_AXIS_SCORE_CALIBRATION
     files = metadata.associated_files(raw)
     assert files[metadata.LABEL_FILE].decode().split() == ["benign", "malignant"]
     assert json.loads(files[metadata.INFO_FILE]) == info
+    lines = files[metadata.CALIBRATION_FILE].decode().split("\n")
+    cal = info["score_calibration"]
+    assert [tuple(map(float, line.split(","))) for line in lines] == [
+        (1.0, cal["slope"], -cal["offset"]), (1.0, cal["slope"], cal["offset"])]
+
+
+@pytest.mark.parametrize("bad", [{"slope": 0.0, "offset": 0.0}, {"slope": 1.0, "offset": float("nan")},
+                                 {"slope": "1", "offset": 0.0}, {"offset": 0.0}, "platt"])
+def test_bad_score_calibration_is_refused(bad):
+    with pytest.raises(metadata.MetadataError, match="score_calibration"):
+        metadata.validate({"score_calibration": bad})

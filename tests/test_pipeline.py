@@ -10,6 +10,7 @@ from sklearn.metrics import roc_auc_score
 
 from edgeskin.cli import main
 from edgeskin.train import RUN_FILES
+from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS
 
 pytestmark = pytest.mark.slow
 
@@ -27,8 +28,46 @@ def test_run_folder_holds_everything(tiny_run):
     config = json.loads((run / "config.json").read_text())
     assert config["options"]["seed"] == 42
     # test/ is counted (so the card can say it exists) but never split or read.
-    assert config["counts"]["test"] == {"benign": 8, "malignant": 8}
-    assert config["counts"]["train"]["benign"] + config["counts"]["val"]["benign"] == 60
+    assert config["counts"]["test"] == {"benign": TINY_TEST_PER_CLASS, "malignant": TINY_TEST_PER_CLASS}
+    assert config["counts"]["train"]["benign"] + config["counts"]["val"]["benign"] == TINY_TRAIN_PER_CLASS
+    # The shortcut audit of the training images is kept with the run.
+    audit = json.loads((run / "audit" / "audit.json").read_text())
+    assert audit["images"] == TINY_TRAIN_PER_CLASS * 2 and (run / "audit" / "audit.png").is_file()
+    assert config["audit_flags"] == [r["property"] for r in audit["properties"] if r["flagged"]]
+    # Thresholds and temperature come from the calibration pool: every
+    # validation image at each deployment JPEG quality.
+    n_val = sum(config["counts"]["val"].values())
+    assert cal["calibration_qualities"] == [95, 75, 50]
+    assert f"({3 * n_val} images)" in cal["chosen_on"]
+
+
+def test_chroma_subsampling_is_inside_the_model(tiny_run):
+    """The serving model gives (nearly) the same probability for an image saved
+    with full chroma and for the same image saved 4:2:0: it never sees the difference."""
+    import io
+
+    from PIL import Image
+
+    from edgeskin import model as model_lib
+    from edgeskin.imageio import load_rgb
+
+    net = model_lib.load(tiny_run["run"] / "model.keras")
+    assert "chroma_420" in [layer.name for layer in net.get_layer("preprocess").layers]
+    src = next((tiny_run["data"] / "test" / "malignant").glob("*.jpg"))
+    # Sharp one-pixel colour detail, which 4:2:0 removes.
+    a = np.asarray(Image.open(src).convert("RGB")).astype(float)
+    a[:, ::2, 0] += 50
+    im = Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
+    x = []
+    for sub in (0, 2):
+        buf = io.BytesIO()
+        im.save(buf, format="JPEG", quality=100, subsampling=sub)
+        buf.seek(0)
+        x.append(load_rgb(buf, 64))
+    x = np.stack(x).astype("float32")
+    pre = net.get_layer("preprocess").predict(x, verbose=0)
+    raw_gap = np.abs(x[0] - x[1]).mean() / 127.5
+    assert np.abs(pre[0] - pre[1]).mean() < raw_gap / 4
 
 
 def test_test_split_is_never_read_by_train(tiny_run):

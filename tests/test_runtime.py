@@ -5,6 +5,7 @@ import sys
 import numpy as np
 import pytest
 
+from edgeskin import calibration as cal_lib
 from edgeskin.runtime import Classifier, RuntimeModelError
 
 
@@ -36,10 +37,15 @@ def test_classifier_reads_its_metadata(tiny_run):
         c.threshold(operating_point="lenient")
     with pytest.raises(ValueError, match="lie in"):
         c.threshold(1.5)
-    p = c.malignant_probability(np.full((64, 64, 3), 128, dtype=np.uint8))
+    x = np.full((64, 64, 3), 128, dtype=np.uint8)
+    p, raw = c.malignant_probability(x), c.raw_score(x)
     assert 0.0 <= p <= 1.0
-    # A uint8 softmax output moves in steps of 1/256.
-    assert p * 256 == pytest.approx(round(p * 256), abs=1e-6)
+    # The model's own uint8 softmax output moves in steps of 1/256 ...
+    assert raw * 256 == pytest.approx(round(raw * 256), abs=1e-6)
+    # ... and the probability is that output through the Platt map of the metadata.
+    cal = info["score_calibration"]
+    assert cal["type"] == "platt" and cal["slope"] > 0
+    assert p == pytest.approx(float(cal_lib.Platt(cal["slope"], cal["offset"]).apply(raw)), abs=1e-9)
 
 
 @pytest.mark.slow
