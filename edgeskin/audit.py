@@ -96,7 +96,7 @@ def properties_of(path) -> dict:
         with Image.open(path) as raw:
             fmt = raw.format or "unknown"
             width, height = raw.size
-            is_jpeg = fmt == "JPEG"
+            is_jpeg = fmt in ("JPEG", "MPO")  # phones write MPO: JPEG with extra frames
             quality = jpeg_quality(getattr(raw, "quantization", None)) if is_jpeg else 101.0
             sampling = _SUBSAMPLING.get(JpegImagePlugin.get_sampling(raw), "other") if is_jpeg else "none"
             exif = "yes" if raw.getexif() else "no"

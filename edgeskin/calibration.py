@@ -191,28 +191,52 @@ class Platt:
         return {"type": "platt", "transformation": "inverse_logistic", "slope": self.slope, "offset": self.offset}
 
 
-def fit_platt(scores, labels, iterations: int = 100) -> Platt:
-    """The Platt map that minimises the NLL of the labels, by Newton's method.
+# An int8 output of exactly 0 or 1 has a clamped logit near -/+37.5, while
+# its neighbour 1/256 sits near -5.5: fitted as they are, a handful of such
+# scores would pull the slope. The fit sees exact 0s and 1s at half a step
+# instead; the map is still applied to the true score, so 0 still maps to ~0.
+_FIT_CLIP = 1.0 / 512
+MAX_PLATT_SLOPE = 50.0
+
+
+def _platt_nll(X, y, w) -> float:
+    z = X @ w
+    return float(np.mean(np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (1 - y)))
+
+
+def fit_platt(scores, labels, iterations: int = 200) -> Platt:
+    """The Platt map that minimises the NLL of the labels: damped Newton steps.
 
     scores are the model's probabilities (not logits). Two parameters: the
     slope fixes over- or under-confidence as a temperature would, and the
     offset fixes a shift of every probability up or down, which a
     temperature cannot (the prevalence or camera of a new site moves it).
+    Each Newton step is halved until the NLL falls, so a badly over- or
+    under-confident model converges instead of running away.
     """
-    t = inverse_logistic(scores)
+    x = np.asarray(scores, dtype=np.float64)
+    t = inverse_logistic(np.where(x <= 0.0, _FIT_CLIP, np.where(x >= 1.0, 1.0 - _FIT_CLIP, x)))
     y = np.asarray(labels, dtype=np.float64)
     if len(t) == 0 or y.min() == y.max():
         raise ValueError("Platt scaling needs both classes in the calibration data")
     X = np.stack([t, np.ones_like(t)], axis=1)
     w = np.array([1.0, 0.0])
+    loss = _platt_nll(X, y, w)
     for _ in range(iterations):
         p = sigmoid(X @ w)
         grad = X.T @ (p - y)
         hess = (X * (p * (1 - p))[:, None]).T @ X + 1e-9 * np.eye(2)
         step = np.linalg.solve(hess, grad)
-        w = w - step
-        if np.abs(step).max() < 1e-10:
+        scale = 1.0
+        while scale > 1e-6 and _platt_nll(X, y, w - scale * step) > loss:
+            scale /= 2
+        w, new_loss = w - scale * step, _platt_nll(X, y, w - scale * step)
+        done = abs(loss - new_loss) < 1e-12 or np.abs(scale * step).max() < 1e-10
+        loss = new_loss
+        if done:
             break
     if not w[0] > 0:
         raise ValueError("the scores rank the classes the wrong way round: no Platt map with a positive slope fits")
+    if not w[0] <= MAX_PLATT_SLOPE:
+        raise ValueError(f"the scores barely vary (Platt slope {w[0]:.3g}): they cannot be calibrated")
     return Platt(float(w[0]), float(w[1]))

@@ -172,8 +172,15 @@ def embed(model: bytes, extra: dict[str, bytes]) -> bytes:
     schema = _tflite_schema()
 
     obj = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(model), 0))
+    replaced = [m for m in (obj.metadata or []) if m.name.decode() in extra]
     obj.metadata = [m for m in (obj.metadata or []) if m.name.decode() not in extra]
     obj.buffers = obj.buffers or []
+    # A replaced entry's buffer is emptied rather than removed (removing would
+    # renumber every tensor's buffer), so a re-calibrated file does not grow.
+    in_use = {m.buffer for m in obj.metadata} | {t.buffer for g in (obj.subgraphs or []) for t in (g.tensors or [])}
+    for m in replaced:
+        if m.buffer not in in_use and m.buffer < len(obj.buffers):
+            obj.buffers[m.buffer] = schema.BufferT()
     for name, payload in extra.items():
         buffer = schema.BufferT()
         buffer.data = np.frombuffer(payload, dtype=np.uint8)

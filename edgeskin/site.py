@@ -154,8 +154,10 @@ def calibrate(model, source, out, options: SiteOptions = SiteOptions(), progress
 
 def _new_info(old: dict, platt, points, source, y, report: dict, options: SiteOptions) -> dict:
     described = f"site data {Path(source).resolve()} ({int(y.sum())} malignant, {int((1 - y).sum())} benign)"
+    # The export's checks describe the export-time fit; they move under site_calibration.
+    kept = {k: v for k, v in old.items() if k != "checks"}
     return {
-        **old,
+        **kept,
         "score_calibration": {**platt.to_dict(), "fitted_on": described},
         "operating_points": {k: v.to_dict() for k, v in points.items()},
         "operating_points_chosen_on": described,
@@ -165,19 +167,29 @@ def _new_info(old: dict, platt, points, source, y, report: dict, options: SiteOp
             "date": time.strftime("%Y-%m-%d"),
             "target_sensitivity": options.target_sensitivity,
             "previous_score_calibration": old.get("score_calibration"),
+            "export_checks": old.get("checks"),
             "report": report,
         },
     }
 
 
 def _write(out: Path, model: bytes, info: dict, y, before, p_cv) -> None:
-    """The figure and card first, then the model and its JSON together: a failure leaves no half-written model."""
+    """All four files are complete on disk before any replaces an older one; a failure leaves no temporary file."""
     figure = out.with_name(out.stem + "_reliability.png")
     card = out.with_name(out.stem + "_MODEL_CARD.md")
-    reliability_png(y, before, p_cv, figure)
-    card.with_name(card.name + ".tmp").write_text(render_card(info, figure.name))
-    os.replace(card.with_name(card.name + ".tmp"), card)
-    metadata.write_model_pair(out, model, info)
+    staged = {figure: None, card: render_card(info, figure.name).encode(), out: model,
+              out.with_suffix(".json"): (json.dumps(info, indent=2) + "\n").encode()}
+    tmp = {path: path.with_name(path.name + ".tmp") for path in staged}
+    try:
+        reliability_png(y, before, p_cv, tmp[figure])
+        for path, payload in staged.items():
+            if payload is not None:
+                tmp[path].write_bytes(payload)
+        for path in staged:
+            os.replace(tmp[path], path)
+    finally:
+        for t in tmp.values():
+            t.unlink(missing_ok=True)
 
 
 def _bins(y, p, bins: int = 15):
@@ -213,9 +225,7 @@ def reliability_png(y, before, after, path: Path, size: int = 420) -> None:
         d.text((pad + 8, pad + 8 + 14 * row), label, fill=colour)
     d.text((size // 2 - 80, size - 20), "mean malignant_probability", fill="black")
     d.text((pad, 10), "observed share malignant", fill="black")
-    tmp = path.with_name(path.name + ".tmp.png")
-    im.save(tmp)
-    os.replace(tmp, path)
+    im.save(path, format="PNG")
 
 
 def render_card(info: dict, figure: str) -> str:

@@ -235,7 +235,8 @@ def _audit_training_data(dataset: data.Dataset, out: Path, options: TrainOptions
     from edgeskin import audit
 
     report = audit.audit(dataset.train + dataset.val, out, seed=options.seed, n_boot=200,
-                         max_distance=options.max_duplicate_distance)
+                         max_distance=options.max_duplicate_distance,
+                         splits={"train": dataset.train, "val": dataset.val})
     flags = [row["property"] for row in report["properties"] if row["flagged"]]
     log(f"audit: {len(flags)} propert{'y' if len(flags) == 1 else 'ies'} predict the label on their own"
         + (f": {', '.join(flags)}" if flags else "") + f" (report in {out})")

@@ -132,3 +132,30 @@ def test_platt_refuses_one_class_and_bad_parameters():
         Platt(-1.0, 0.0)
     with pytest.raises(ValueError):
         Platt(1.0, float("nan"))
+
+
+@pytest.mark.parametrize("k", [3.0, 8.0])
+def test_platt_fit_converges_on_overconfident_scores(k):
+    """Newton's method without damping ran away on scores k times too confident."""
+    from edgeskin.calibration import fit_platt, sigmoid
+
+    rng = np.random.default_rng(1)
+    t = rng.normal(0, 2, 4000)
+    y = rng.random(4000) < sigmoid(t)
+    m = fit_platt(sigmoid(k * t), y)
+    assert m.slope == pytest.approx(1 / k, rel=0.1) and abs(m.offset) < 0.15
+
+
+def test_platt_fit_is_not_pulled_by_saturated_int8_scores():
+    from edgeskin.calibration import fit_platt, sigmoid
+
+    rng = np.random.default_rng(2)
+    t = rng.normal(0, 2.5, 600)
+    y = (rng.random(600) < sigmoid(t)).astype(int)
+    x = np.round(sigmoid(t) * 256) / 256  # an int8 output: 0 and 1 occur
+    base = fit_platt(x, y)
+    zeros = np.nonzero(x == 0)[0]
+    assert len(zeros) >= 2
+    y2 = y.copy()
+    y2[zeros[:2]] = 1  # two surprising cases among the saturated scores
+    assert fit_platt(x, y2).slope > 0.8 * base.slope

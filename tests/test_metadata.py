@@ -78,3 +78,15 @@ def test_standard_model_metadata(tiny_run):
 def test_bad_score_calibration_is_refused(bad):
     with pytest.raises(metadata.MetadataError, match="score_calibration"):
         metadata.validate({"score_calibration": bad})
+
+
+@pytest.mark.slow
+def test_re_embedding_does_not_grow_the_file(tiny_run):
+    """`edgeskin calibrate` rewrites the metadata of a file that already has it:
+    the replaced entries' payloads must not stay behind."""
+    raw = tiny_run["tflite"].read_bytes()
+    info = metadata.read(raw)
+    once = metadata.embed_for_apps(raw, info)
+    twice = metadata.embed_for_apps(once, {**info, "version": "9.9"})
+    assert len(twice) - len(once) < 64
+    assert metadata.read(twice)["version"] == "9.9"

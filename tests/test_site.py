@@ -121,3 +121,21 @@ print(json.dumps({{"exit": r.exit_code, "loaded": loaded, "output": r.output}}))
     result = json.loads(res.stdout.strip().splitlines()[-1])
     assert result["exit"] == 0, result["output"]
     assert result["loaded"] == [] and out.is_file()
+
+
+def test_a_failed_write_keeps_the_previous_output_whole(tiny_run, tmp_path, monkeypatch):
+    import edgeskin.site as site
+
+    out = tmp_path / "clinic.tflite"
+    args = ["calibrate", str(tiny_run["tflite"]), str(tiny_run["data"] / "test"), "--out", str(out), "--bootstrap", "100"]
+    assert CliRunner().invoke(main, args).exit_code == 0
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert len(before) == 4  # model, JSON, card, figure
+
+    def broken(*_):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(site, "render_card", broken)
+    r = CliRunner().invoke(main, args + ["--target-sensitivity", "0.9"])
+    assert r.exit_code == 1 and "disk full" in r.output
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # no .tmp left, nothing replaced
