@@ -66,98 +66,119 @@ def read_upload(name: str, raw: bytes, size: int):
 def main() -> None:  # pragma: no cover - exercised through Streamlit's AppTest
     import streamlit as st
 
-    from edgeskin.runtime import Classifier
-
     st.set_page_config(page_title="edgeskin", layout="wide")
     tflite, keras_path, model_dir = model_paths(sys.argv[1:])
+    clf = _classifier(st, str(tflite))
+    page = st.sidebar.radio("Page", ["Screen", "Model"])
+    st.sidebar.warning(DISCLAIMER)
+    if page == "Model":
+        _model_page(st, model_dir)
+    else:
+        _screen_page(st, clf, keras_path)
 
-    @st.cache_resource
-    def classifier(path: str):
-        return Classifier(path)
 
+def _classifier(st, path: str):
     @st.cache_resource
-    def keras_model(path: str):
+    def load(p: str):
+        from edgeskin.runtime import Classifier
+
+        return Classifier(p)
+
+    return load(path)
+
+
+def _keras_model(st, path: str):
+    @st.cache_resource
+    def load(p: str):
         try:
             from edgeskin import model as model_lib
 
-            return model_lib.load(path)
+            return model_lib.load(p)
         except Exception:  # no TensorFlow in this environment: no Grad-CAM
             return None
 
-    clf = classifier(str(tflite))
-    points = clf.operating_points
-    page = st.sidebar.radio("Page", ["Screen", "Model"])
-    st.sidebar.warning(DISCLAIMER)
+    return load(path)
 
-    if page == "Model":
-        st.title("The model")
-        card = model_dir / "MODEL_CARD.md"
-        metrics_file = model_dir / "metrics.json"
-        if metrics_file.is_file():
-            m = json.loads(metrics_file.read_text())["metrics"]
-            cols = st.columns(4)
-            cols[0].metric("ROC AUC", f"{m['roc_auc']['value']:.3f}")
-            cols[1].metric("PR AUC", f"{m['pr_auc']['value']:.3f}")
-            cols[2].metric("Brier", f"{m['brier']['value']:.3f}")
-            cols[3].metric("ECE", f"{m['ece']['value']:.3f}")
-            st.table([{"operating point": k, "threshold": round(v["threshold"], 4),
-                       "sensitivity": round(v["sensitivity"]["value"], 3), "specificity": round(v["specificity"]["value"], 3)}
-                      for k, v in m["thresholds"].items()])
-            for f in m.get("figures", []):
-                st.image(str(model_dir / f), caption=Path(f).stem.replace("_", " "))
-        if card.is_file():
-            with st.expander("Model card", expanded=not metrics_file.is_file()):
-                st.markdown(card.read_text().split("## Figures")[0])
-        if not card.is_file() and not metrics_file.is_file():
-            st.info("No model card beside this model.")
-        return
 
-    st.title("edgeskin: dermoscopy screening aid")
-    st.error(DISCLAIMER)
-    default = points.get("screening", 0.5)
+def _model_page(st, model_dir: Path) -> None:
+    """The shipped model's headline figures, operating points, figures and card."""
+    st.title("The model")
+    card = model_dir / "MODEL_CARD.md"
+    metrics_file = model_dir / "metrics.json"
+    if metrics_file.is_file():
+        m = json.loads(metrics_file.read_text())["metrics"]
+        cols = st.columns(4)
+        cols[0].metric("ROC AUC", f"{m['roc_auc']['value']:.3f}")
+        cols[1].metric("PR AUC", f"{m['pr_auc']['value']:.3f}")
+        cols[2].metric("Brier", f"{m['brier']['value']:.3f}")
+        cols[3].metric("ECE", f"{m['ece']['value']:.3f}")
+        st.table([{"operating point": k, "threshold": round(v["threshold"], 4),
+                   "sensitivity": round(v["sensitivity"]["value"], 3), "specificity": round(v["specificity"]["value"], 3)}
+                  for k, v in m["thresholds"].items()])
+        for f in m.get("figures", []):
+            st.image(str(model_dir / f), caption=Path(f).stem.replace("_", " "))
+    if card.is_file():
+        with st.expander("Model card", expanded=not metrics_file.is_file()):
+            st.markdown(card.read_text().split("## Figures")[0])
+    if not card.is_file() and not metrics_file.is_file():
+        st.info("No model card beside this model.")
+
+
+def _threshold_controls(st, points: dict) -> float:
+    """Operating-point presets and a slider; the slider's value is the threshold."""
     if "threshold" not in st.session_state:
-        st.session_state.threshold = float(default)
-    names = [n for n in ("screening", "balanced", "specific") if n in points] + [n for n in points if n not in
-                                                                                 ("screening", "balanced", "specific")]
+        st.session_state.threshold = float(points.get("screening", 0.5))
+    known = ("screening", "balanced", "specific")
+    names = [n for n in known if n in points] + [n for n in points if n not in known]
     preset = st.radio("Operating point", names + ["custom"], horizontal=True, index=0)
     if preset != "custom" and st.session_state.get("last_preset") != preset:
         st.session_state.threshold = float(points[preset])
     st.session_state.last_preset = preset
-    threshold = st.slider("Threshold on malignant_probability", 0.0, 1.0, key="threshold", step=1 / 256, format="%.3f")
+    return st.slider("Threshold on malignant_probability", 0.0, 1.0, key="threshold", step=1 / 256, format="%.3f")
+
+
+def _screen_page(st, clf, keras_path) -> None:
+    st.title("edgeskin: dermoscopy screening aid")
+    st.error(DISCLAIMER)
+    points = clf.operating_points
+    threshold = _threshold_controls(st, points)
     suspicious_at = points.get("specific", threshold)
     uploads = st.file_uploader(f"Dermoscopic images (JPG or PNG, up to {MAX_UPLOAD_MB} MB each)",
                                type=["jpg", "jpeg", "png"], accept_multiple_files=True)
-    net = keras_model(str(keras_path)) if keras_path else None
+    net = _keras_model(st, str(keras_path)) if keras_path else None
     show_cam = st.toggle("Grad-CAM overlay", value=net is not None, disabled=net is None,
                          help=None if net is not None else "Needs the float Keras model and TensorFlow.")
     opacity = st.slider("Overlay opacity", 0.0, 1.0, 0.4, 0.05, disabled=not show_cam)
-    rows = []
-    for upload in uploads or []:
-        pixels, error = read_upload(upload.name, upload.getvalue(), clf.image_size)
-        if error:
-            st.error(error)
-            rows.append({"file": upload.name, "malignant_probability": None, "decision": "error: " + error})
-            continue
-        p = clf.malignant_probability(pixels)
-        decision = decide(p, threshold, suspicious_at)
-        rows.append({"file": upload.name, "malignant_probability": round(p, 4), "decision": decision})
-        colour = {"benign": "green", "uncertain (refer)": "orange", "suspicious": "red"}[decision]
-        st.markdown(f"### :{colour}[{decision}]")
-        st.markdown(f"`{upload.name}`: malignant_probability **{p:.3f}** at threshold {threshold:.3f}")
-        left, right = st.columns(2)
-        left.image(pixels, caption=upload.name, width="stretch")
-        if show_cam and net is not None:
-            from edgeskin import explain
-
-            heat, _ = explain.gradcam(net, pixels)
-            right.image(explain.overlay(pixels, heat, opacity), caption="Grad-CAM: regions that raised the score",
-                        width="stretch")
+    rows = [_one_upload(st, clf, upload, threshold, suspicious_at, net if show_cam else None, opacity)
+            for upload in uploads or []]
     if len(rows) > 1:
         import pandas as pd
 
         table = pd.DataFrame(rows)
         st.dataframe(table, hide_index=True)
         st.download_button("Download results (CSV)", table.to_csv(index=False).encode(), "edgeskin_results.csv", "text/csv")
+
+
+def _one_upload(st, clf, upload, threshold: float, suspicious_at: float, net, opacity: float) -> dict:
+    """Show one image's decision (and Grad-CAM when net is given); return its table row."""
+    pixels, error = read_upload(upload.name, upload.getvalue(), clf.image_size)
+    if error:
+        st.error(error)
+        return {"file": upload.name, "malignant_probability": None, "decision": "error: " + error}
+    p = clf.malignant_probability(pixels)
+    decision = decide(p, threshold, suspicious_at)
+    colour = {"benign": "green", "uncertain (refer)": "orange", "suspicious": "red"}[decision]
+    st.markdown(f"### :{colour}[{decision}]")
+    st.markdown(f"`{upload.name}`: malignant_probability **{p:.3f}** at threshold {threshold:.3f}")
+    left, right = st.columns(2)
+    left.image(pixels, caption=upload.name, width="stretch")
+    if net is not None:
+        from edgeskin import explain
+
+        heat, _ = explain.gradcam(net, pixels)
+        right.image(explain.overlay(pixels, heat, opacity), caption="Grad-CAM: regions that raised the score",
+                    width="stretch")
+    return {"file": upload.name, "malignant_probability": round(p, 4), "decision": decision}
 
 
 if __name__ == "__main__":
