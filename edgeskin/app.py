@@ -51,16 +51,28 @@ def model_paths(argv) -> tuple[Path, Path | None, Path]:
     return tflite, keras_path if keras_path.is_file() else None, tflite.parent
 
 
-def read_upload(name: str, raw: bytes, size: int):
-    """Pixels of an uploaded file, or an error message; nothing touches the disk."""
-    from edgeskin.imageio import ImageError, load_rgb
+def read_upload(name: str, raw: bytes, size: int, with_size: bool = False):
+    """Pixels of an uploaded file (and, with_size, its original (width, height)), or an error message.
+
+    Nothing touches the disk.
+    """
+    from edgeskin.imageio import ImageError, open_rgb, to_model_input
 
     if len(raw) > MAX_UPLOAD_MB * 1024 * 1024:
         return None, f"{name}: larger than {MAX_UPLOAD_MB} MB"
     try:
-        return load_rgb(io.BytesIO(raw), size), None
+        im = open_rgb(io.BytesIO(raw))
+        pixels = to_model_input(im, size)
+        return ((pixels, im.size) if with_size else pixels), None
     except ImageError as exc:
         return None, f"{name}: not a readable JPG or PNG image ({str(exc).split(': ', 1)[-1]})"
+
+
+def cannot_judge(reasons) -> str:
+    """The message shown in place of a risk level when the gate sets an image aside."""
+    from edgeskin.gate import REASON_TEXT
+
+    return "Cannot judge this photo: " + "; ".join(REASON_TEXT.get(r, r) for r in reasons) + ". Retake it."
 
 
 def main() -> None:  # pragma: no cover - exercised through Streamlit's AppTest
@@ -161,11 +173,17 @@ def _screen_page(st, clf, keras_path) -> None:
 
 def _one_upload(st, clf, upload, threshold: float, suspicious_at: float, net, opacity: float) -> dict:
     """Show one image's decision (and Grad-CAM when net is given); return its table row."""
-    pixels, error = read_upload(upload.name, upload.getvalue(), clf.image_size)
+    decoded, error = read_upload(upload.name, upload.getvalue(), clf.image_size, with_size=True)
     if error:
         st.error(error)
         return {"file": upload.name, "malignant_probability": None, "decision": "error: " + error}
+    pixels, size = decoded
     p = clf.malignant_probability(pixels)
+    reasons = clf.reasons(size, pixels)
+    if reasons:
+        st.warning(f"`{upload.name}`: {cannot_judge(reasons)}")
+        st.image(pixels, caption=upload.name, width=300)
+        return {"file": upload.name, "malignant_probability": round(p, 4), "decision": "unusable: " + ", ".join(reasons)}
     decision = decide(p, threshold, suspicious_at)
     colour = {"benign": "green", "uncertain (refer)": "orange", "suspicious": "red"}[decision]
     st.markdown(f"### :{colour}[{decision}]")

@@ -37,6 +37,7 @@ def render(result: dict, info: dict, config: dict | None = None, figure_dir: str
         _results(result),
         _operating_points(result, info),
         _robustness(result),
+        _gate(result, info),
         _figures(result, figure_dir),
         _limitations(),
     )
@@ -209,6 +210,35 @@ def _robustness(result: dict) -> list[str]:
     if "robustness" in result.get("compare", {}):
         lines += ["", f"The same for `{result['compare']['model']['name']}`:", ""]
         lines += robustness_rows(result["compare"]["robustness"])
+    return lines
+
+
+def _gate(result: dict, info: dict) -> list[str]:
+    gate = info.get("gate")
+    if not gate:
+        return []
+    checks = gate.get("checks", {})
+    lines = [
+        "## Input gate",
+        "Before its probability is trusted, every image is checked; one that fails is labelled `unusable` with its "
+        "reasons (its probability is still reported). Quality: too small (short side under "
+        f"{gate['min_short_side']:.0f} px), far from square (aspect over {gate['max_aspect']:.2f}), nearly uniform "
+        f"(luma s.d. under {gate['min_contrast']:.2f}), overexposed or underexposed (over {gate['max_overexposed']:.3f} / "
+        f"{gate['max_underexposed']:.3f} of pixels clipped), too blurred (Laplacian variance under {gate['min_sharpness']:.2f}); "
+        "each limit is the 0.1% tail of the training images' own statistics (stored and re-encoded at JPEG q75), size "
+        "and aspect half the smallest and twice the widest seen. Domain: the Mahalanobis distance of 28 colour and "
+        f"texture statistics from the training images, over {gate['max_distance']:.2f} = 99.5% of the calibration pool.",
+    ]
+    if checks:
+        lines.append(f"- Pass rates where it was fitted ({checks.get('fitted', '')}): training images "
+                     f"{checks['training_pass_rate']:.1%} of {checks['training_images']}, calibration pool "
+                     f"{checks['calibration_pass_rate']:.1%} of {checks['calibration_images']}.")
+    g = result.get("gate")
+    if g:
+        lines.append(f"- On this evaluation set: {g['set_aside']} of {g['images']} images set aside "
+                     f"({g['share_set_aside']:.1%}: " + (", ".join(f"{k} {v}" for k, v in g["reasons"].items()) or "none") + ")"
+                     + (f"; ROC AUC on the rest {_ci(g['usable_metrics']['roc_auc'])}, on all images "
+                        f"{_ci(result['metrics']['roc_auc'])}." if g.get("usable_metrics") else "."))
     return lines
 
 

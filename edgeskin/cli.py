@@ -176,12 +176,16 @@ def export(source, quantization, out, representative_images, max_auc_drop):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per image, one per line.")
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads [default: 1].")
 @click.option("--tta", is_flag=True, help="Average over the image and its flips (4x the compute).")
+@click.option("--no-gate", "no_gate", is_flag=True, help="Judge every image, even one the quality and domain gate would set aside.")
 @_friendly
-def predict(paths, model, threshold, operating_point, as_json, threads, tta):
+def predict(paths, model, threshold, operating_point, as_json, threads, tta, no_gate):
     """Classify dermoscopic images (files or folders) with a TFLite model.
 
     Runs on the light runtime, with no TensorFlow. The threshold defaults to
-    the model's screening operating point. Exits non-zero if any image failed.
+    the model's screening operating point. An image the model cannot judge
+    (too small, blurred, badly exposed, or not dermoscopy) is labelled
+    "unusable" with its reasons: that is an answer, not an error, and the
+    exit status stays 0. Exits non-zero only if an image could not be read.
 
     Example: edgeskin predict data/samples/ --threshold 0.4 --json
     """
@@ -194,17 +198,27 @@ def predict(paths, model, threshold, operating_point, as_json, threads, tta):
     if not images:
         raise click.ClickException("no images found in " + ", ".join(paths))
     failed = 0
-    for result in classifier.predict(images, cut, tta=tta):
+    for result in classifier.predict(images, cut, tta=tta, gate=not no_gate):
         failed += not hasattr(result, "label")
         if as_json:
             click.echo(json.dumps(result.to_dict()))
-        elif hasattr(result, "label"):
-            click.echo(f"{result.path}: {result.label} (malignant_probability {result.malignant_probability:.3f}, "
-                       f"threshold {result.threshold:.3f})")
         else:
-            click.echo(f"{result.path}: error: {result.error}", err=True)
+            click.echo(_readable(result), err=not hasattr(result, "label"))
     if failed:
         raise click.ClickException(f"{failed} of {len(images)} image(s) could not be read")
+
+
+def _readable(result) -> str:
+    from edgeskin.gate import REASON_TEXT
+
+    if not hasattr(result, "label"):
+        return f"{result.path}: error: {result.error}"
+    if not result.usable:
+        why = "; ".join(REASON_TEXT.get(r, r) for r in result.reasons)
+        return (f"{result.path}: cannot judge this image ({why}): retake it "
+                f"(malignant_probability {result.malignant_probability:.3f}, not to be relied on)")
+    return (f"{result.path}: {result.label} (malignant_probability {result.malignant_probability:.3f}, "
+            f"threshold {result.threshold:.3f})")
 
 
 @main.command()

@@ -186,6 +186,33 @@ def _robustness(scorer: Scorer, samples, y, p, n_boot, progress) -> list[dict]:
                               n_boot=n_boot, progress=progress)
 
 
+def _gate_report(scorer: Scorer, samples, y, p, thresholds: dict, n_boot: int) -> dict | None:
+    """How many images the model's gate sets aside, why, and the metrics on the rest (all images: `metrics`)."""
+    if scorer.kind != "tflite" or not scorer.info.get("gate"):
+        return None
+    from collections import Counter
+
+    from edgeskin.gate import Gate
+    from edgeskin.imageio import open_rgb, to_model_input
+
+    gate = Gate.from_dict(scorer.info["gate"])
+    size = int(scorer.info.get("input", {}).get("size", 224))
+
+    def reasons(sample):
+        im = open_rgb(sample.path)
+        return gate.reasons(im.size, to_model_input(im, size))
+
+    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
+        found = list(pool.map(reasons, samples))
+    keep = np.array([not r for r in found])
+    out = {"images": len(samples), "set_aside": int((~keep).sum()), "share_set_aside": float((~keep).mean()),
+           "reasons": dict(Counter(r for rs in found for r in rs)),
+           "set_aside_files": [s.path for s, k in zip(samples, keep) if not k]}
+    if keep.any() and len(set(np.asarray(y)[keep])) == 2:
+        out["usable_metrics"] = metrics.report(np.asarray(y)[keep], np.asarray(p)[keep], thresholds, n_boot=n_boot)
+    return out
+
+
 def evaluate(model, source, out, threshold: float | None = None, compare=None, n_boot: int = 1000,
              progress=None, run_dir=None, robust: bool = True) -> dict:
     """Score model (and optionally compare) on source and write everything to out.
@@ -213,6 +240,7 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
     cmp = _compare(compare, samples, y, threshold, n_boot, progress) if compare is not None else None
     rows = _robustness(scorer, samples, y, p, n_boot, progress) if robust else None
     cmp_rows = _robustness(cmp[3], samples, y, cmp[1], n_boot, progress) if robust and cmp is not None else None
+    gate = _gate_report(scorer, samples, y, p, thresholds, n_boot)
     config = json.loads((run / "config.json").read_text()) if run and (run / "config.json").is_file() else {}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".evaluate-") as staging:
@@ -223,6 +251,8 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
             m["figures"] = sorted(m["figures"] + [str(figures.robustness(rows, staging / "figures" / "robustness.png")
                                                       .relative_to(staging))])
         result = _result(scorer, desc, m, cmp, compare, rows, cmp_rows)
+        if gate is not None:
+            result["gate"] = metrics.json_safe(gate)
         _write_outputs(staging, out, samples, p, result, scorer, config)
     return result
 
@@ -294,6 +324,12 @@ def table(result: dict) -> str:
     if "compare" in result:
         c = result["compare"]["metrics"]
         lines.append(f"compare {result['compare']['model']['name']}: ROC AUC {ci(c['roc_auc'])}, PR AUC {ci(c['pr_auc'])}")
+    if "gate" in result:
+        g = result["gate"]
+        usable = g.get("usable_metrics")
+        lines.append(f"  gate: {g['set_aside']} of {g['images']} images set aside ({g['share_set_aside']:.1%}; "
+                     + (", ".join(f"{k} {v}" for k, v in g["reasons"].items()) or "none") + ")"
+                     + (f"; ROC AUC on the rest {ci(usable['roc_auc'])}" if usable else ""))
     if "robustness" in result:
         lines.append(robustness_table(result["robustness"]))
     return "\n".join(lines)

@@ -170,6 +170,19 @@ def _check(p_float, p_raw, y, options: ExportOptions):
     return checks, points, platt
 
 
+def _gate(source: Path, splits, size: int, log) -> dict:
+    """The run's input-quality and domain gate: saved by train, or fitted here the same way for older runs."""
+    from edgeskin import gate as gate_lib
+
+    run_dir = source if source.is_dir() else source.parent
+    saved = run_dir / train_lib.GATE_FILE
+    if saved.is_file():
+        return json.loads(saved.read_text())
+    log("fitting the input gate on the run's splits (the run predates it)")
+    gate, rates = gate_lib.fit_on_splits(splits.train, splits.val, size)
+    return {**gate.to_dict(), "checks": {**rates, "fitted": "at export, from the run's splits.csv"}}
+
+
 def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> ExportResult:
     """Convert a run's calibrated model to out (.tflite) and check it on the calibration split."""
     source, out = Path(source), Path(out)
@@ -186,7 +199,7 @@ def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> 
     tflite = _convert(serving, options, representative)
     p_float = serving.predict(x_val, batch_size=64, verbose=0)[:, 1].astype(np.float64)
     checks, points, platt = _check(p_float, _raw_scores(tflite, x_val), y_val, options)
-    info = build_info(run, options, size, points, checks, platt)
+    info = {**build_info(run, options, size, points, checks, platt), "gate": _gate(source, splits, size, log)}
     final = metadata.embed_for_apps(tflite, info)
     # A failed model never replaces a good one: it is kept aside instead.
     target = out if checks["passed"] else out.with_name(out.stem + ".failed.tflite")

@@ -16,9 +16,10 @@ from pathlib import Path
 import numpy as np
 
 from edgeskin import calibration, metadata
-from edgeskin.imageio import ImageError, load_rgb
+from edgeskin import gate as gate_lib
+from edgeskin.imageio import ImageError, open_rgb, to_model_input
 
-MALIGNANT, BENIGN = "malignant", "benign"
+MALIGNANT, BENIGN, UNUSABLE = "malignant", "benign", "unusable"
 DEFAULT_MODEL_NAME = "edgeskin_int8.tflite"
 
 
@@ -56,14 +57,21 @@ class Prediction:
     path: str
     malignant_probability: float
     threshold: float
+    reasons: tuple[str, ...] = ()  # why the gate could not judge the image; () when it could
+
+    @property
+    def usable(self) -> bool:
+        return not self.reasons
 
     @property
     def label(self) -> str:
+        if self.reasons:
+            return UNUSABLE
         return MALIGNANT if self.malignant_probability >= self.threshold else BENIGN
 
     def to_dict(self) -> dict:
         return {"path": self.path, "malignant_probability": round(self.malignant_probability, 6),
-                "threshold": self.threshold, "label": self.label}
+                "threshold": self.threshold, "label": self.label, "usable": self.usable, "reasons": list(self.reasons)}
 
 
 @dataclass(frozen=True)
@@ -116,6 +124,10 @@ class Classifier:
             raise RuntimeModelError(f"{path}: output of {n_out} values does not match labels {self.labels}")
         self._malignant = self.labels.index(MALIGNANT) if n_out > 1 else 0
         self.score_calibration = _score_calibration(self.info, path)
+        try:
+            self.gate = gate_lib.Gate.from_dict(self.info["gate"]) if self.info.get("gate") else None
+        except ValueError as exc:
+            raise RuntimeModelError(f"{path}: {exc}") from exc
 
     # Thresholds -----------------------------------------------------------
     @property
@@ -177,17 +189,24 @@ class Classifier:
             y = (y - zero) * scale
         return float(np.clip(y[self._malignant], 0.0, 1.0))
 
-    def predict(self, paths, threshold: float, workers: int | None = None, tta: bool = False):
+    def reasons(self, original_size: tuple[int, int], pixels: np.ndarray) -> tuple[str, ...]:
+        """Why the model's gate cannot judge this image; () when it can, or when the model has no gate."""
+        return tuple(self.gate.reasons(original_size, pixels)) if self.gate else ()
+
+    def predict(self, paths, threshold: float, workers: int | None = None, tta: bool = False, gate: bool = True):
         """Yield a Prediction or a Failure per path, in order.
 
         Images are decoded in a thread pool while the interpreter runs, so a
         folder keeps both cores busy; one bad file never stops the others.
+        With gate, an image the model cannot judge still gets its
+        malignant_probability, but its label is "unusable" and its reasons say why.
         """
         paths = [str(p) for p in paths]
 
         def decode(path):
             try:
-                return load_rgb(path, self.image_size)
+                im = open_rgb(path)
+                return im.size, to_model_input(im, self.image_size)
             except ImageError as exc:
                 return exc
 
@@ -206,8 +225,10 @@ class Classifier:
                 nxt = next(todo, None)
                 if nxt is not None:
                     pending.append((nxt, pool.submit(decode, nxt)))
-                pixels = future.result()
-                if isinstance(pixels, ImageError):
-                    yield Failure(path, str(pixels))
+                decoded = future.result()
+                if isinstance(decoded, ImageError):
+                    yield Failure(path, str(decoded))
                 else:
-                    yield Prediction(path, self.malignant_probability(pixels, tta), threshold)
+                    size, pixels = decoded
+                    reasons = self.reasons(size, pixels) if gate else ()
+                    yield Prediction(path, self.malignant_probability(pixels, tta), threshold, reasons)

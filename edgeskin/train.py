@@ -7,6 +7,7 @@ A run folder holds everything a run produced:
   best.keras        the best training model (one logit out)
   model.keras       the calibrated serving model ([benign, malignant] out)
   calibration.json  temperature, operating points and validation figures
+  gate.json         the input-quality and domain gate fitted on the run's images
   audit/            the shortcut audit of the training images
   evaluation/       metrics and figures on the calibration pool
 """
@@ -25,8 +26,9 @@ import numpy as np
 from edgeskin import __version__, augment, calibration, data, dedup, perturb
 from edgeskin import model as model_lib
 
-RUN_FILES = ("config.json", "splits.csv", "history.csv", "best.keras", "model.keras", "calibration.json")
+RUN_FILES = ("config.json", "splits.csv", "history.csv", "best.keras", "model.keras", "calibration.json", "gate.json")
 AUDIT_DIR = "audit"
+GATE_FILE = "gate.json"
 
 
 @dataclass(frozen=True)
@@ -368,6 +370,15 @@ def _write_evaluation(run_dir: Path, y, p, points, temperature) -> None:
                 json_safe({"data": {"split": "validation (calibration pool)"}, "metrics": report}))
 
 
+def _fit_gate(dataset: data.Dataset, run_dir: Path, options: TrainOptions, log) -> None:
+    """The input-quality and domain gate, fitted on this run's images and saved with it (see gate.py)."""
+    from edgeskin import gate as gate_lib
+
+    gate, rates = gate_lib.fit_on_splits(dataset.train, dataset.val, options.model.image_size)
+    log(f"gate: {rates['calibration_pass_rate']:.1%} of the calibration pool passes")
+    _write_json(run_dir / GATE_FILE, {**gate.to_dict(), "checks": {**rates, "fitted": "at training time"}})
+
+
 def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bool = False, log=print,
           command: str | None = None) -> RunResult:
     """Audit, train, select, calibrate and save one model into run_dir."""
@@ -395,6 +406,7 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
     _save_keras(net, run_dir / "best.keras")
     temperature, points, p_cal, val_auc = _calibrate(net, arrays, run_dir, options)
     _write_evaluation(run_dir, arrays.y_cal, p_cal, points, temperature)
+    _fit_gate(dataset, run_dir, options, log)
     seconds = time.time() - started
     _write_json(run_dir / "config.json", {**config, "seconds": round(seconds, 1)})
     return RunResult(run_dir, config["counts"], dataset.notes, temperature, val_auc, points, seconds)

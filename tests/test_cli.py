@@ -38,9 +38,11 @@ def test_predict_json_has_exactly_the_documented_keys(tiny_run, images):
     rows = [json.loads(line) for line in r.output.splitlines()]
     assert len(rows) == 2
     for row, path in zip(rows, images["good"]):
-        assert list(row) == ["path", "malignant_probability", "threshold", "label"]
+        assert list(row) == ["path", "malignant_probability", "threshold", "label", "usable", "reasons"]
         assert row["path"] == str(path) and row["threshold"] == 0.4
-        assert row["label"] == ("malignant" if row["malignant_probability"] >= 0.4 else "benign")
+        assert row["usable"] == (row["reasons"] == [])
+        expected = "malignant" if row["malignant_probability"] >= 0.4 else "benign"
+        assert row["label"] == (expected if row["usable"] else "unusable")
 
 
 @pytest.mark.slow
@@ -56,8 +58,8 @@ def test_bad_images_are_reported_and_the_rest_go_on(tiny_run, images):
     r = run("predict", images["text"], images["good"][0], images["corrupt"], "--model", tiny_run["tflite"], "--json")
     assert r.exit_code == 1
     rows = [json.loads(line) for line in r.output.splitlines() if line.startswith("{")]
-    assert [sorted(row) for row in rows] == [["error", "path"], ["label", "malignant_probability", "path", "threshold"],
-                                             ["error", "path"]]
+    assert [sorted(row) for row in rows] == [
+        ["error", "path"], ["label", "malignant_probability", "path", "reasons", "threshold", "usable"], ["error", "path"]]
     assert "2 of 3 image(s) could not be read" in r.output
 
 

@@ -65,3 +65,60 @@ def test_shipped_model_reports_its_robustness_and_audit():
     config = json.loads((MODELS / "training" / "config.json").read_text())
     assert config["audit_flags"] == [r["property"] for r in audit["properties"] if r["flagged"]]
     assert config["command"].startswith("edgeskin train ") and config["command"] in card
+
+
+def _off_domain_images():
+    """Non-lesion pictures from what Python packages ship, and synthetic ones."""
+    import matplotlib.cbook
+    import numpy as np
+    import sklearn.datasets
+    from PIL import Image, ImageDraw
+
+    rng = np.random.default_rng(0)
+    out = {name: Image.fromarray(sklearn.datasets.load_sample_image(name)) for name in ("china.jpg", "flower.jpg")}
+    with matplotlib.cbook.get_sample_data("grace_hopper.jpg") as f:
+        out["portrait"] = Image.open(f).convert("RGB")
+    text = Image.new("RGB", (400, 300), "white")
+    ImageDraw.Draw(text).text((20, 140), "The quick brown fox jumps over the lazy dog", fill="black")
+    out["text"] = text
+    logo = Image.new("RGB", (300, 300), (30, 60, 200))
+    ImageDraw.Draw(logo).ellipse((60, 60, 240, 240), fill=(250, 200, 0))
+    out["logo"] = logo
+    for name, colour in (("flat_skin", (224, 172, 150)), ("flat_grey", (128, 128, 128)), ("black", (0, 0, 0))):
+        out[name] = Image.new("RGB", (300, 300), colour)
+    out["noise"] = Image.fromarray(rng.integers(0, 256, (300, 300, 3), dtype=np.uint8))
+    out["grey_noise"] = Image.fromarray(np.repeat(rng.integers(0, 256, (300, 300, 1), dtype=np.uint8), 3, axis=2))
+    out["one_pixel"] = Image.new("RGB", (1, 1), (120, 80, 60))
+    out["tiny"] = Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8))
+    out["banner"] = Image.new("RGB", (1200, 100), (200, 150, 130))
+    return out
+
+
+def test_shipped_gate_sets_aside_what_is_not_dermoscopy():
+    from edgeskin.imageio import to_model_input
+    from edgeskin.runtime import Classifier
+
+    clf = Classifier(MODELS / "edgeskin_int8.tflite")
+    images = _off_domain_images()
+    flagged = {name: clf.reasons(im.size, to_model_input(im, clf.image_size)) for name, im in images.items()}
+    share = sum(bool(r) for r in flagged.values()) / len(flagged)
+    assert share >= 0.95, flagged
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/isic-binary")
+def test_shipped_gate_lets_the_test_lesions_through():
+    import numpy as np
+    from PIL import Image
+
+    from edgeskin import data, perturb
+    from edgeskin.imageio import open_rgb, to_model_input
+    from edgeskin.runtime import Classifier
+
+    clf = Classifier(MODELS / "edgeskin_int8.tflite")
+    kept, _ = data.held_out_test(data.discover(SHARED))
+    stored = [open_rgb(s.path) for s in kept]
+    share = np.mean([bool(clf.reasons(im.size, to_model_input(im, clf.image_size))) for im in stored])
+    q75 = [perturb.reencode(im, 75) for im in stored]
+    share75 = np.mean([bool(clf.reasons(im.size, to_model_input(im, clf.image_size))) for im in q75])
+    assert share <= 0.02 and share75 <= 0.03, (share, share75)
