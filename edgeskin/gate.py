@@ -53,8 +53,9 @@ def _laplacian(luma: np.ndarray) -> np.ndarray:
 
 
 def quality_stats(pixels: np.ndarray) -> dict:
-    """Exposure, structure and sharpness of one (size, size, 3) uint8 model input."""
-    luma = _luma(pixels)
+    """Exposure, structure and sharpness of one (size, size, 3) uint8 model input, at half resolution:
+    a quarter of the work, and the limits are fitted at the same resolution."""
+    luma = _luma(np.asarray(pixels)[::2, ::2])
     return {"contrast": float(luma.std()), "overexposed": float((luma >= 250).mean()),
             "underexposed": float((luma <= 5).mean()), "sharpness": float(_laplacian(luma).var())}
 
@@ -82,19 +83,24 @@ def domain_features(pixels: np.ndarray) -> np.ndarray:
     stds = np.sqrt(np.maximum(squares / count[:, None] - means**2, 0.0))
     for k in range(3):
         out += list(means[k]) + list(np.log(stds[k] + 1e-3))
-    luma = flat @ np.array([0.299, 0.587, 0.114])
-    luma = luma.reshape(a.shape[:2])
+    luma = (flat @ np.array([0.299, 0.587, 0.114])).reshape(a.shape[:2])
     r, g, b = a[..., 0], a[..., 1], a[..., 2]
     mx, mn = np.maximum(np.maximum(r, g), b), np.minimum(np.minimum(r, g), b)  # max(axis=2) is 8x slower
     sat = (mx - mn) / (mx + 1e-3)
-    grad = np.hypot(np.diff(luma, axis=0)[:, :-1], np.diff(luma, axis=1)[:-1, :])
+    # |dx| + |dy| rather than the Euclidean norm: the same texture cue at a third of the cost.
+    grad = (np.abs(np.diff(luma, axis=0)[:, :-1]) + np.abs(np.diff(luma, axis=1)[:-1, :])).ravel()
+    k = int(0.9 * (grad.size - 1))
+    n = count.sum()
+    mr, mb = sums[:, 0].sum() / n, sums[:, 2].sum() / n
+    sr = np.sqrt(max(squares[:, 0].sum() / n - mr**2, 0.0))
+    sb = np.sqrt(max(squares[:, 2].sum() / n - mb**2, 0.0))
+    corr = (float(flat[:, 0] @ flat[:, 2]) / n - mr * mb) / (sr * sb) if sr > 1e-6 and sb > 1e-6 else 0.0
     out += [sat.mean(), np.log(sat.std() + 1e-3), np.log(grad.mean() + 1e-4), np.log(_laplacian(luma).std() + 1e-4),
-            np.log(np.percentile(grad, 90) + 1e-4) - np.log(grad.mean() + 1e-4), (luma < 0.1).mean() - (luma > 0.9).mean(),
-            float(np.corrcoef(a[..., 0].ravel(), a[..., 2].ravel())[0, 1]) if a[..., 0].std() > 0 and a[..., 2].std() > 0 else 0.0,
-            a[..., 0].mean() - a[..., 2].mean(),
+            np.log(np.partition(grad, k)[k] + 1e-4) - np.log(grad.mean() + 1e-4), (luma < 0.1).mean() - (luma > 0.9).mean(),
+            corr, mr - mb,
             # Skin and lesions are redder than they are blue or green: sky,
             # foliage and most objects are not.
-            np.log(((a[..., 2] - a[..., 0]) > 0.05).mean() + 1e-3), np.log(((a[..., 1] - a[..., 0]) > 0.05).mean() + 1e-3)]
+            np.log(((b - r) > 0.05).mean() + 1e-3), np.log(((g - r) > 0.05).mean() + 1e-3)]
     return np.array(out, dtype=np.float64)
 
 
