@@ -214,6 +214,8 @@ def _robustness(result: dict) -> list[str]:
 
 
 def _gate(result: dict, info: dict) -> list[str]:
+    from edgeskin.gate import DOMAIN_PASS, QUALITY_TAIL
+
     gate = info.get("gate")
     if not gate:
         return []
@@ -225,9 +227,10 @@ def _gate(result: dict, info: dict) -> list[str]:
         f"{gate['min_short_side']:.0f} px), far from square (aspect over {gate['max_aspect']:.2f}), nearly uniform "
         f"(luma s.d. under {gate['min_contrast']:.2f}), overexposed or underexposed (over {gate['max_overexposed']:.3f} / "
         f"{gate['max_underexposed']:.3f} of pixels clipped), too blurred (Laplacian variance under {gate['min_sharpness']:.2f}); "
-        "each limit is the 0.1% tail of the training images' own statistics (stored and re-encoded at JPEG q75), size "
-        "and aspect half the smallest and twice the widest seen. Domain: the Mahalanobis distance of 28 colour and "
-        f"texture statistics from the training images, over {gate['max_distance']:.2f} = 99.5% of the calibration pool.",
+        f"each limit is the {QUALITY_TAIL:.1%} tail of the training images' own statistics (stored and re-encoded at "
+        "JPEG q75), size and aspect half the smallest and twice the widest seen. Domain: the Mahalanobis distance of "
+        f"{len(gate['mean'])} colour and texture statistics from the training images, over {gate['max_distance']:.2f} = "
+        f"{DOMAIN_PASS:.1%} of the calibration pool.",
     ]
     if checks:
         lines.append(f"- Pass rates where it was fitted ({checks.get('fitted', '')}): training images "

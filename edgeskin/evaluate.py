@@ -63,9 +63,11 @@ class Scorer:
 
         return int(net.input_shape[1]), run
 
-    def score(self, samples, progress=None, transform=None, predictor=None) -> np.ndarray:
+    def score(self, samples, progress=None, transform=None, predictor=None, inspect=None) -> np.ndarray:
         """Malignant probabilities of the samples; transform (PIL -> PIL), if given,
-        changes each decoded image before the model's own crop and resize."""
+        changes each decoded image before the model's own crop and resize, and
+        inspect(sample, original_size, pixels), if given, sees every decoded
+        image once, so a second look at the set needs no second decode."""
         from edgeskin.imageio import ImageError, open_rgb, to_model_input
 
         samples = list(samples)
@@ -74,7 +76,11 @@ class Scorer:
         def decode(s):
             try:
                 im = open_rgb(s.path)
-                return to_model_input(transform(im) if transform else im, size)
+                im = transform(im) if transform else im
+                pixels = to_model_input(im, size)
+                if inspect:
+                    inspect(s, im.size, pixels)
+                return pixels
             except ImageError as exc:
                 raise EvaluationError(f"unreadable image: {exc}") from exc
 
@@ -186,27 +192,30 @@ def _robustness(scorer: Scorer, samples, y, p, n_boot, progress) -> list[dict]:
                               n_boot=n_boot, progress=progress)
 
 
-def _gate_report(scorer: Scorer, samples, y, p, thresholds: dict, n_boot: int) -> dict | None:
-    """How many images the model's gate sets aside, why, and the metrics on the rest (all images: `metrics`)."""
+def _gate_inspector(scorer: Scorer):
+    """For a .tflite with a gate: a score(inspect=...) callback that records each image's reasons, and the record."""
     if scorer.kind != "tflite" or not scorer.info.get("gate"):
+        return None, None
+    from edgeskin.gate import Gate
+
+    gate, found = Gate.from_dict(scorer.info["gate"]), {}
+
+    def inspect(sample, size, pixels):
+        found[sample.path] = gate.reasons(size, pixels)
+
+    return inspect, found
+
+
+def _gate_report(found: dict | None, samples, y, p, thresholds: dict, n_boot: int) -> dict | None:
+    """How many images the model's gate set aside, why, and the metrics on the rest (all images: `metrics`)."""
+    if found is None:
         return None
     from collections import Counter
 
-    from edgeskin.gate import Gate
-    from edgeskin.imageio import open_rgb, to_model_input
-
-    gate = Gate.from_dict(scorer.info["gate"])
-    size = int(scorer.info.get("input", {}).get("size", 224))
-
-    def reasons(sample):
-        im = open_rgb(sample.path)
-        return gate.reasons(im.size, to_model_input(im, size))
-
-    with ThreadPoolExecutor(os.cpu_count() or 1) as pool:
-        found = list(pool.map(reasons, samples))
-    keep = np.array([not r for r in found])
+    reasons = [found[s.path] for s in samples]
+    keep = np.array([not r for r in reasons])
     out = {"images": len(samples), "set_aside": int((~keep).sum()), "share_set_aside": float((~keep).mean()),
-           "reasons": dict(Counter(r for rs in found for r in rs)),
+           "reasons": dict(Counter(r for rs in reasons for r in rs)),
            "set_aside_files": [s.path for s, k in zip(samples, keep) if not k]}
     if keep.any() and len(set(np.asarray(y)[keep])) == 2:
         out["usable_metrics"] = metrics.report(np.asarray(y)[keep], np.asarray(p)[keep], thresholds, n_boot=n_boot)
@@ -233,14 +242,15 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
         _check_history(history)
     samples, desc = evaluation_set(source)
     y = np.array([s.label for s in samples])
-    p = scorer.score(samples, progress)
+    inspect, found = _gate_inspector(scorer)
+    p = scorer.score(samples, progress, inspect=inspect)
     thresholds = dict(scorer.operating_points)
     if threshold is not None or not thresholds:
         thresholds["requested"] = float(threshold) if threshold is not None else 0.5
     cmp = _compare(compare, samples, y, threshold, n_boot, progress) if compare is not None else None
     rows = _robustness(scorer, samples, y, p, n_boot, progress) if robust else None
     cmp_rows = _robustness(cmp[3], samples, y, cmp[1], n_boot, progress) if robust and cmp is not None else None
-    gate = _gate_report(scorer, samples, y, p, thresholds, n_boot)
+    gate = _gate_report(found, samples, y, p, thresholds, n_boot)
     config = json.loads((run / "config.json").read_text()) if run and (run / "config.json").is_file() else {}
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".evaluate-") as staging:
