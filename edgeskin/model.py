@@ -1,4 +1,5 @@
-"""The network: MobileNetV2 with preprocessing inside and a one-logit head.
+"""The network: MobileNetV2 with preprocessing inside, a one-logit head and,
+when the training data names diagnoses, a diagnosis head beside it.
 
 The model takes raw RGB values 0-255. Halving the chroma resolution and
 scaling to MobileNetV2's [-1, 1] are layers of the graph, so the Keras
@@ -33,6 +34,8 @@ class ModelOptions:
     dropout: float = 0.2
     # Halve the chroma resolution inside the graph (see _preprocess).
     chroma_subsampling: bool = True
+    # Names of the diagnosis head's outputs; () for a model with no such head.
+    diagnoses: tuple[str, ...] = ()
 
     def __post_init__(self):
         if not 32 <= self.image_size <= 1024:
@@ -43,6 +46,8 @@ class ModelOptions:
             raise ValueError(f"alpha must be one of MobileNetV2's 0.35, 0.5, 0.75, 1.0, 1.3, 1.4; got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if len(set(self.diagnoses)) != len(self.diagnoses) or len(self.diagnoses) == 1:
+            raise ValueError(f"diagnoses must be distinct names, at least two of them; got {self.diagnoses}")
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
             raise ValueError(f"weights must be 'imagenet', 'none' or an existing .h5 file; got {self.weights!r}")
 
@@ -111,7 +116,8 @@ def _preprocess(size: int, chroma_subsampling: bool):
 
 
 def build(options: ModelOptions = ModelOptions()):
-    """The training model: raw pixels in, one malignant logit out.
+    """The training model: raw pixels in, one malignant logit out (and, with
+    options.diagnoses, the diagnosis logits as a second output).
 
     Returns (model, backbone, head): the head is a small model of its own so
     that it can be trained on cached backbone features and then dropped in.
@@ -125,12 +131,33 @@ def build(options: ModelOptions = ModelOptions()):
     # once its layer is unfrozen: a few hundred dermoscopy images per batch
     # would otherwise overwrite statistics learnt on a million ImageNet photos.
     features = keras.layers.GlobalAveragePooling2D(name="pool")(backbone(x, training=False))
-    head = keras.Sequential(
-        [keras.Input(features.shape[1:]), keras.layers.Dropout(options.dropout), keras.layers.Dense(1, name="logit")],
-        name="head",
-    )
+    head = _head(keras, features.shape[1:], options)
     model = keras.Model(inputs, head(features), name="edgeskin_train")
     return model, backbone, head
+
+
+def _head(keras, feature_shape, options: ModelOptions):
+    """Dropout and one linear layer per output, on the shared pooled features.
+
+    Both heads read the same 1,280 features: the diagnosis task asks the
+    backbone for the finer distinctions (a naevus from a keratosis) that the
+    benign/malignant logit alone would never pay for.
+    """
+    features = keras.Input(feature_shape)
+    x = keras.layers.Dropout(options.dropout)(features)
+    outputs = keras.layers.Dense(1, name="logit")(x)
+    if options.diagnoses:
+        outputs = [outputs, keras.layers.Dense(len(options.diagnoses), name="dx_logits")(x)]
+    return keras.Model(features, outputs, name="head")
+
+
+def has_diagnosis(model) -> bool:
+    return isinstance(model.output, (list, tuple)) and len(model.output) > 1
+
+
+def malignant_logits(outputs) -> np.ndarray:
+    """The malignant logit column of a training model's predict() output."""
+    return np.asarray(outputs[0] if isinstance(outputs, (list, tuple)) else outputs)[:, 0]
 
 
 def feature_extractor(model):
@@ -170,14 +197,20 @@ def calibrated(model, temperature: float):
     keras = _keras()
     if not temperature > 0:
         raise ModelError(f"temperature must be positive, got {temperature}")
-    dense = model.get_layer("head").get_layer("logit")
-    w, b = (np.asarray(v) for v in dense.get_weights())
+    head = model.get_layer("head")
+    w, b = (np.asarray(v) for v in head.get_layer("logit").get_weights())
     scale = np.array([-1.0, 1.0]) / (2.0 * temperature)
     features = model.get_layer("pool").output
     out = keras.layers.Dense(len(LABELS), activation="softmax", name="probabilities")
-    probabilities = out(features)
+    outputs = out(features)
     out.set_weights([(w * scale).astype("float32"), (b * scale).astype("float32")])
-    return keras.Model(model.input, probabilities, name="edgeskin")
+    if has_diagnosis(model):
+        # The diagnosis probabilities ride along as a second output; the
+        # benign/malignant pair stays first, the decision an app acts on.
+        dx = keras.layers.Dense(head.get_layer("dx_logits").units, activation="softmax", name="diagnosis")
+        outputs = [outputs, dx(features)]
+        dx.set_weights(head.get_layer("dx_logits").get_weights())
+    return keras.Model(model.input, outputs, name="edgeskin")
 
 
 def load(path):

@@ -18,6 +18,7 @@ import csv
 import json
 import os
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
@@ -51,6 +52,12 @@ class TrainOptions:
     class_weights: bool = True
     augmentation: augment.AugmentOptions = field(default_factory=augment.AugmentOptions)
     head_copies: int = 4  # augmented copies of the training set whose frozen features the head trains on
+    # The diagnosis head's share of the loss: below the primary decision's,
+    # so that naming the diagnosis never costs the benign/malignant ranking.
+    diagnosis_loss_weight: float = 0.5
+    # Stop fine-tuning before the epoch that would end past this many minutes
+    # from the start of the run (None: no limit). The epochs run are recorded.
+    time_budget_minutes: float | None = None
     calibration_qualities: tuple[int, ...] = perturb.DEPLOYMENT_QUALITIES
     max_duplicate_distance: int = dedup.DEFAULT_MAX_DISTANCE
 
@@ -71,6 +78,10 @@ class TrainOptions:
             raise ValueError(f"fine_tune_from must be one of {', '.join(model_lib.FINE_TUNE_STARTS)}")
         if self.head_copies < 1:
             raise ValueError(f"head_copies must be at least 1, got {self.head_copies}")
+        if not self.diagnosis_loss_weight >= 0:
+            raise ValueError(f"diagnosis_loss_weight must be >= 0, got {self.diagnosis_loss_weight}")
+        if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:
+            raise ValueError(f"time_budget_minutes must be positive, got {self.time_budget_minutes}")
         if not self.calibration_qualities or not all(1 <= q <= 100 for q in self.calibration_qualities):
             raise ValueError(f"calibration_qualities must be JPEG qualities in [1, 100], got {self.calibration_qualities}")
         if not 0 <= self.max_duplicate_distance < dedup.HASH_SIZE**2:
@@ -111,12 +122,17 @@ def _auc(scores, labels) -> float:
     return float(roc_auc_score(labels, scores))
 
 
-def _validation_callback(keras, predict, y_val, keep_model, patience, start_best=-np.inf, start_weights=None):
+def _validation_callback(keras, predict, arrays: "_Arrays", keep_model, patience, start_best=-np.inf,
+                         start_weights=None, deadline: float | None = None):
     """Early stopping and best-weights selection on validation ROC AUC.
 
     AUC, not accuracy: accuracy rewards a threshold that the calibration step
-    will replace anyway, while AUC measures the ranking it keeps.
+    will replace anyway, while AUC measures the ranking it keeps. The
+    diagnosis head's balanced accuracy is logged, but never chooses the epoch:
+    the benign/malignant decision is the primary one. With a deadline (a
+    time.time() value), training stops before an epoch that would end past it.
     """
+    y_val = arrays.y_cal
 
     class ValidationAUC(keras.callbacks.Callback):
         def __init__(self):
@@ -124,11 +140,20 @@ def _validation_callback(keras, predict, y_val, keep_model, patience, start_best
             self.best = start_best
             self.best_weights = start_weights
             self.wait = 0
+            self.started = time.time()
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.started = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
-            z = predict()
+            outputs = predict()
+            z = model_lib.malignant_logits(outputs)
             logs["val_auc"] = _auc(z, y_val)
             logs["val_loss"] = calibration.nll(z, y_val)
+            if isinstance(outputs, (list, tuple)) and len(outputs) > 1:
+                logs["val_dx_balanced_accuracy"] = diagnosis_report(outputs[1], arrays.dx_cal)["balanced_accuracy"]
+            if deadline is not None and time.time() + (time.time() - self.started) > deadline:
+                self.model.stop_training = True
             if logs["val_auc"] > self.best:
                 self.best, self.best_weights, self.wait = logs["val_auc"], keep_model.get_weights(), 0
             else:
@@ -147,11 +172,56 @@ def _loss(keras, options: TrainOptions):
     return keras.losses.BinaryCrossentropy(from_logits=True)
 
 
-def _class_weight(labels, on: bool):
+def sample_weights(samples, on: bool) -> np.ndarray:
+    """One loss weight per training image, mean 1.
+
+    Within each source the two classes weigh the same, so a source's own
+    prevalence (HAM10000 is 82% benign, isic-binary 45%) can never become a
+    cue for the label; across sources, each source's total weight grows with
+    the square root of its size, so the largest set leads without drowning
+    the others. One source alone: plain class balancing.
+    """
     if not on:
-        return None
-    counts = np.bincount(labels, minlength=2)
-    return {k: float(len(labels) / (2.0 * counts[k])) for k in range(2)}
+        return np.ones(len(samples), dtype=np.float32)
+    cells = Counter((s.source, s.label) for s in samples)
+    per_source = Counter(s.source for s in samples)
+    total = sum(np.sqrt(n) for n in per_source.values())
+    w = np.array([np.sqrt(per_source[s.source]) / total / sum(1 for k in range(2) if cells[(s.source, k)])
+                  / cells[(s.source, s.label)] for s in samples])
+    return (w * len(samples) / w.sum()).astype(np.float32)
+
+
+def diagnosis_targets(samples, diagnoses: tuple[str, ...]) -> np.ndarray:
+    """Class-weighted one-hot diagnosis targets; all zeros for an image with no diagnosis.
+
+    A zero row gives zero cross-entropy, so images without a diagnosis train
+    only the benign/malignant head. Each diagnosis is weighted by its inverse
+    frequency, so the rare ones (dermatofibroma: about 1% of HAM10000) count
+    as much as naevi in total: balanced accuracy is the metric that matters.
+    """
+    y = np.zeros((len(samples), len(diagnoses)), dtype=np.float32)
+    if not diagnoses:
+        return y
+    index = [diagnoses.index(s.dx) if s.dx else -1 for s in samples]
+    counts = Counter(i for i in index if i >= 0)
+    for row, i in enumerate(index):
+        if i >= 0:
+            y[row, i] = sum(counts.values()) / (len(counts) * counts[i])
+    return y
+
+
+def diagnosis_report(probabilities, dx_index) -> dict:
+    """Balanced accuracy, top-3 accuracy and per-class recall on the images that have a diagnosis (index >= 0)."""
+    dx_index = np.asarray(dx_index)
+    known = dx_index >= 0
+    if not known.any():
+        return {"images": 0, "balanced_accuracy": float("nan"), "top3_accuracy": float("nan")}
+    p, d = np.asarray(probabilities)[known], dx_index[known]
+    pred = p.argmax(axis=1)
+    recalls = {int(k): float(np.mean(pred[d == k] == k)) for k in np.unique(d)}
+    top3 = np.argsort(-p, axis=1)[:, :3]
+    return {"images": int(known.sum()), "balanced_accuracy": float(np.mean(list(recalls.values()))),
+            "top3_accuracy": float(np.mean((top3 == d[:, None]).any(axis=1))), "recall": recalls}
 
 
 def _check_run_dir(run_dir: Path, overwrite: bool) -> None:
@@ -190,8 +260,20 @@ class _Arrays:
 
     x_train: np.ndarray
     y_train: np.ndarray
+    w_train: np.ndarray  # loss weight per training image (sample_weights)
+    d_train: np.ndarray  # class-weighted one-hot diagnosis targets (zeros: no diagnosis)
     x_cal: np.ndarray  # every validation image at each deployment quality
     y_cal: np.ndarray
+    dx_cal: np.ndarray  # diagnosis index per pool image, -1 where none
+    source_cal: np.ndarray  # source name per pool image
+
+    def targets(self, idx=slice(None), copies: int = 1):
+        """The training targets and loss weights for the model's outputs (one or two)."""
+        y = np.tile(self.y_train[idx], copies).astype(np.float32)
+        w = np.tile(self.w_train[idx], copies)
+        if not self.d_train.shape[1]:
+            return y, w
+        return (y, np.tile(self.d_train[idx], (copies, 1))), (w, np.ones_like(w))
 
 
 def calibration_pool(samples, size: int, qualities=perturb.DEPLOYMENT_QUALITIES) -> tuple[np.ndarray, np.ndarray]:
@@ -206,11 +288,14 @@ def calibration_pool(samples, size: int, qualities=perturb.DEPLOYMENT_QUALITIES)
 
 
 def _load_arrays(dataset: data.Dataset, options: TrainOptions) -> _Arrays:
-    size = options.model.image_size
+    size, diagnoses, copies = options.model.image_size, options.model.diagnoses, len(options.calibration_qualities)
     x_train = augment.harmonize(data.load_images(dataset.train, size), options.augmentation)
     y_train = np.array([s.label for s in dataset.train], dtype=np.int64)
     x_cal, y_cal = calibration_pool(dataset.val, size, options.calibration_qualities)
-    return _Arrays(x_train, y_train, x_cal, y_cal)
+    dx_cal = np.array([diagnoses.index(s.dx) if s.dx and diagnoses else -1 for s in dataset.val] * copies, dtype=np.int64)
+    return _Arrays(x_train, y_train, sample_weights(dataset.train, options.class_weights),
+                   diagnosis_targets(dataset.train, diagnoses), x_cal, y_cal, dx_cal,
+                   np.array([s.source for s in dataset.val] * copies))
 
 
 def _start_run(source, run_dir: Path, dataset: data.Dataset, options: TrainOptions, command, log) -> dict:
@@ -222,8 +307,9 @@ def _start_run(source, run_dir: Path, dataset: data.Dataset, options: TrainOptio
         "edgeskin_version": __version__,
         "command": command,
         "cpus": os.cpu_count(),
-        "data": str(Path(source).resolve()),
+        "data": " + ".join(str(Path(s).resolve()) for s in source),
         "counts": dataset.counts(),
+        "sources": {name: data.source_counts(dataset.split(name)) for name in ("train", "val")},
         "notes": list(dataset.notes),
         "audit_flags": flags,
         "options": asdict(options),
@@ -265,23 +351,31 @@ def _train_head(keras, net, head, arrays: _Arrays, options: TrainOptions, histor
         extractor.predict(augment.augment_batch(arrays.x_train, rng, options.augmentation), batch_size=64, verbose=0)
         for _ in range(options.head_copies)
     ])
-    y_train = np.tile(arrays.y_train, options.head_copies)
+    y_train, w_train = arrays.targets(copies=options.head_copies)
     f_cal = extractor.predict(arrays.x_cal, batch_size=64, verbose=0)
-    head.compile(optimizer=keras.optimizers.Adam(options.head_learning_rate), loss=_loss(keras, options))
+    _compile(keras, head, options.head_learning_rate, options)
     watch = _validation_callback(
-        keras, lambda: head.predict(f_cal, batch_size=256, verbose=0)[:, 0], arrays.y_cal, head, options.patience
+        keras, lambda: head.predict(f_cal, batch_size=256, verbose=0), arrays, head, options.patience
     )
-    h = head.fit(f_train, y_train, batch_size=options.batch_size, epochs=options.head_epochs,
-                 class_weight=_class_weight(y_train, options.class_weights), callbacks=[watch], verbose=2, shuffle=True)
+    h = head.fit(f_train, y_train, sample_weight=w_train, batch_size=options.batch_size, epochs=options.head_epochs,
+                 callbacks=[watch], verbose=2, shuffle=True)
     history.add("head", h)
     head.set_weights(watch.best_weights)
     return watch
 
 
+def _compile(keras, model, learning_rate, options: TrainOptions) -> None:
+    losses, weights = [_loss(keras, options)], [1.0]
+    if options.model.diagnoses:
+        # from_logits with class-weighted one-hot targets: a weighted cross-entropy (see diagnosis_targets).
+        losses.append(keras.losses.CategoricalCrossentropy(from_logits=True))
+        weights.append(options.diagnosis_loss_weight)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate), loss=losses if len(losses) > 1 else losses[0],
+                  loss_weights=weights if len(weights) > 1 else None)
+
+
 def _batches(keras, arrays: _Arrays, options: TrainOptions):
     """Freshly augmented training batches for every epoch, built on worker threads."""
-    weights = _class_weight(arrays.y_train, options.class_weights) or {0: 1.0, 1: 1.0}
-    sample_weight = np.array([weights[int(k)] for k in arrays.y_train], dtype=np.float32)
 
     class Batches(keras.utils.PyDataset):
         def __init__(self):
@@ -298,7 +392,8 @@ def _batches(keras, arrays: _Arrays, options: TrainOptions):
             idx = self.order[i * options.batch_size:(i + 1) * options.batch_size]
             rng = np.random.default_rng((options.seed, self.epoch, i))
             x = augment.augment_batch(arrays.x_train[idx], rng, options.augmentation)
-            return x.astype(np.float32), arrays.y_train[idx].astype(np.float32), sample_weight[idx]
+            y, w = arrays.targets(idx)
+            return x.astype(np.float32), y, w
 
         def on_epoch_end(self):
             self.epoch += 1
@@ -307,7 +402,8 @@ def _batches(keras, arrays: _Arrays, options: TrainOptions):
     return Batches()
 
 
-def _fine_tune(keras, net, backbone, arrays: _Arrays, options: TrainOptions, history: _History, watch, log) -> None:
+def _fine_tune(keras, net, backbone, arrays: _Arrays, options: TrainOptions, history: _History, watch, log,
+               started: float) -> None:
     """Phase 2: fine-tune the top blocks at a low learning rate.
 
     It starts from the trained head, so the first gradients are not random
@@ -319,10 +415,11 @@ def _fine_tune(keras, net, backbone, arrays: _Arrays, options: TrainOptions, his
     batches = _batches(keras, arrays, options)
     schedule = keras.optimizers.schedules.CosineDecay(
         options.fine_tune_learning_rate, len(batches) * options.fine_tune_epochs, alpha=0.05)
-    net.compile(optimizer=keras.optimizers.Adam(schedule), loss=_loss(keras, options))
+    _compile(keras, net, schedule, options)
+    deadline = started + 60 * options.time_budget_minutes if options.time_budget_minutes else None
     watch = _validation_callback(
-        keras, lambda: net.predict(arrays.x_cal, batch_size=64, verbose=0)[:, 0], arrays.y_cal, net,
-        options.patience, start_best=watch.best, start_weights=net.get_weights(),
+        keras, lambda: net.predict(arrays.x_cal, batch_size=64, verbose=0), arrays, net,
+        options.patience, start_best=watch.best, start_weights=net.get_weights(), deadline=deadline,
     )
     h = net.fit(batches, epochs=options.fine_tune_epochs, callbacks=[watch], verbose=2)
     history.add("fine_tune", h)
@@ -335,7 +432,8 @@ def _calibrate(net, arrays: _Arrays, run_dir: Path, options: TrainOptions) -> tu
     Both are chosen on the calibration pool, the validation split re-encoded
     the way phones save images, so they hold on a phone's JPEG.
     """
-    z = net.predict(arrays.x_cal, batch_size=64, verbose=0)[:, 0].astype(np.float64)
+    outputs = net.predict(arrays.x_cal, batch_size=64, verbose=0)
+    z = model_lib.malignant_logits(outputs).astype(np.float64)
     y = arrays.y_cal
     temperature = calibration.fit_temperature(z, y)
     p = calibration.sigmoid(z / temperature)
@@ -354,8 +452,33 @@ def _calibrate(net, arrays: _Arrays, run_dir: Path, options: TrainOptions) -> tu
         "val_nll_after": calibration.nll(z, y, temperature),
         "val_ece_before": calibration.expected_calibration_error(calibration.sigmoid(z), y),
         "val_ece_after": calibration.expected_calibration_error(p, y),
+        "per_source": _per_source(p, y, arrays, points, outputs),
+        **({"diagnoses": list(options.model.diagnoses),
+            "diagnosis": _json_keys(diagnosis_report(outputs[1], arrays.dx_cal), options.model.diagnoses)} if options.model.diagnoses else {}),
     })
     return temperature, points, p, val_auc
+
+
+def _json_keys(report: dict, diagnoses=data.DIAGNOSES) -> dict:
+    """The report with diagnosis names, not indices, as recall keys."""
+    return {**report, "recall": {diagnoses[k]: v for k, v in report.get("recall", {}).items()}}
+
+
+def _per_source(p, y, arrays: _Arrays, points, outputs) -> dict:
+    """Validation figures of each source on its own, so that a large source cannot hide a poor one."""
+    screening = points[calibration.DEFAULT_OPERATING_POINT].threshold
+    out = {}
+    for source in sorted(set(arrays.source_cal)):
+        m = arrays.source_cal == source
+        row = {"images": int(m.sum()), "malignant": int(y[m].sum())}
+        if 0 < y[m].sum() < m.sum():
+            sens, spec = calibration.rates(p[m], y[m], screening)
+            row.update(auc=_auc(p[m], y[m]), screening_sensitivity=sens, screening_specificity=spec,
+                       ece=calibration.expected_calibration_error(p[m], y[m]))
+        if isinstance(outputs, (list, tuple)) and len(outputs) > 1 and (arrays.dx_cal[m] >= 0).any():
+            row["diagnosis"] = _json_keys(diagnosis_report(np.asarray(outputs[1])[m], arrays.dx_cal[m]))
+        out[source] = row
+    return out
 
 
 def _write_evaluation(run_dir: Path, y, p, points, temperature) -> None:
@@ -379,19 +502,36 @@ def _fit_gate(dataset: data.Dataset, run_dir: Path, options: TrainOptions, log) 
     _write_json(run_dir / GATE_FILE, {**gate.to_dict(), "checks": {**rates, "fitted": "at training time"}})
 
 
+def _dataset(sources, options: TrainOptions, log) -> tuple[data.Dataset, TrainOptions]:
+    """The data, split; and the options with the diagnosis head switched on when the data names diagnoses."""
+    dataset = data.split_validation(data.discover_many(sources), options.val_fraction, options.seed,
+                                    options.max_duplicate_distance)
+    for note in dataset.notes:
+        log(note)
+    log(f"train: {dataset.counts()['train']}  val: {dataset.counts()['val']}  (test splits are never read by train)")
+    for name, counts in data.source_counts(dataset.val).items():
+        log(f"  val from {name}: {counts}")
+    if any(s.dx for s in dataset.train) and not options.model.diagnoses:
+        options = replace(options, model=replace(options.model, diagnoses=data.DIAGNOSES))
+        log(f"diagnosis head: {len(data.DIAGNOSES)} diagnoses, trained on the "
+            f"{sum(1 for s in dataset.train if s.dx)} training images that have one")
+    return dataset, options
+
+
 def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bool = False, log=print,
           command: str | None = None) -> RunResult:
-    """Audit, train, select, calibrate and save one model into run_dir."""
+    """Audit, train, select, calibrate and save one model into run_dir.
+
+    source is one data set or a list of them, trained on as one (data.discover_many).
+    """
     started = time.time()
     run_dir = Path(run_dir)
     _check_run_dir(run_dir, overwrite)
-    dataset = data.split_validation(data.discover(source), options.val_fraction, options.seed, options.max_duplicate_distance)
-    for note in dataset.notes:
-        log(note)
-    log(f"train: {dataset.counts()['train']}  val: {dataset.counts()['val']}  (test/ is never read by train)")
+    sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
+    dataset, options = _dataset(sources, options, log)
     arrays = _load_arrays(dataset, options)
     data.check_classes(dataset.val, "calibration (validation) split", data.MIN_PER_CLASS)
-    config = _start_run(source, run_dir, dataset, options, command, log)
+    config = _start_run(sources, run_dir, dataset, options, command, log)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -401,7 +541,7 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
     history = _History()
     watch = _train_head(keras, net, head, arrays, options, history, log)
     if options.fine_tune_epochs > 0 and options.fine_tune_from is not None:
-        _fine_tune(keras, net, backbone, arrays, options, history, watch, log)
+        _fine_tune(keras, net, backbone, arrays, options, history, watch, log, started)
     _write_history(run_dir / "history.csv", history)
     _save_keras(net, run_dir / "best.keras")
     temperature, points, p_cal, val_auc = _calibrate(net, arrays, run_dir, options)
@@ -412,7 +552,7 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
     return RunResult(run_dir, config["counts"], dataset.notes, temperature, val_auc, points, seconds)
 
 def _write_history(path: Path, rows: list[dict]) -> None:
-    columns = ["phase", "epoch", "loss", "val_loss", "val_auc"]
+    columns = ["phase", "epoch", "loss", "val_loss", "val_auc", "val_dx_balanced_accuracy"]
     tmp = path.with_suffix(".csv.tmp")
     with open(tmp, "w", newline="") as f:
         w = csv.DictWriter(f, columns, extrasaction="ignore")
