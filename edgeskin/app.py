@@ -171,6 +171,17 @@ def _screen_page(st, clf, keras_path) -> None:
         st.download_button("Download results (CSV)", table.to_csv(index=False).encode(), "edgeskin_results.csv", "text/csv")
 
 
+DX_NAMES = {"akiec": "actinic keratosis / intraepithelial carcinoma", "bcc": "basal cell carcinoma",
+            "bkl": "benign keratosis-like lesion", "df": "dermatofibroma", "mel": "melanoma",
+            "nv": "melanocytic naevus", "vasc": "vascular lesion"}
+
+
+def diagnosis_line(top) -> str:
+    """The top diagnoses as one line under the decision, which they never override."""
+    items = ", ".join(f"{DX_NAMES.get(dx, dx)} ({dx}) {p:.0%}" for dx, p in top)
+    return f"Most likely diagnoses (an aid, not the decision): {items}"
+
+
 def _one_upload(st, clf, upload, threshold: float, suspicious_at: float, net, opacity: float) -> dict:
     """Show one image's decision (and Grad-CAM when net is given); return its table row."""
     decoded, error = read_upload(upload.name, upload.getvalue(), clf.image_size, with_size=True)
@@ -178,7 +189,7 @@ def _one_upload(st, clf, upload, threshold: float, suspicious_at: float, net, op
         st.error(error)
         return {"file": upload.name, "malignant_probability": None, "decision": "error: " + error}
     pixels, size = decoded
-    p = clf.malignant_probability(pixels)
+    p, dx = clf.scores(pixels)
     reasons = clf.reasons(size, pixels)
     if reasons:
         st.warning(f"`{upload.name}`: {cannot_judge(reasons)}")
@@ -188,6 +199,8 @@ def _one_upload(st, clf, upload, threshold: float, suspicious_at: float, net, op
     colour = {"benign": "green", "uncertain (refer)": "orange", "suspicious": "red"}[decision]
     st.markdown(f"### :{colour}[{decision}]")
     st.markdown(f"`{upload.name}`: malignant_probability **{p:.3f}** at threshold {threshold:.3f}")
+    if dx is not None:
+        st.markdown(diagnosis_line(clf.top_diagnoses(dx)))
     left, right = st.columns(2)
     left.image(pixels, caption=upload.name, width="stretch")
     if net is not None:

@@ -182,8 +182,9 @@ def export(source, quantization, out, representative_images, max_auc_drop):
 @click.option("--threads", type=click.IntRange(1, 64), default=None, help="Interpreter threads [default: 1].")
 @click.option("--tta", is_flag=True, help="Average over the image and its flips (4x the compute).")
 @click.option("--no-gate", "no_gate", is_flag=True, help="Judge every image, even one the quality and domain gate would set aside.")
+@click.option("--diagnosis", is_flag=True, help="Also list the three most probable diagnoses (models with a diagnosis head).")
 @_friendly
-def predict(paths, model, threshold, operating_point, as_json, threads, tta, no_gate):
+def predict(paths, model, threshold, operating_point, as_json, threads, tta, no_gate, diagnosis):
     """Classify dermoscopic images (files or folders) with a TFLite model.
 
     Runs on the light runtime, with no TensorFlow. The threshold defaults to
@@ -191,8 +192,11 @@ def predict(paths, model, threshold, operating_point, as_json, threads, tta, no_
     (too small, blurred, badly exposed, or not dermoscopy) is labelled
     "unusable" with its reasons: that is an answer, not an error, and the
     exit status stays 0. Exits non-zero only if an image could not be read.
+    With --diagnosis, the three most probable of the seven HAM10000
+    diagnoses follow the decision; the decision is still the
+    benign/malignant one.
 
-    Example: edgeskin predict data/samples/ --threshold 0.4 --json
+    Example: edgeskin predict data/samples/ --threshold 0.4 --diagnosis --json
     """
     from edgeskin.imageio import find_images
     from edgeskin.runtime import Classifier
@@ -203,7 +207,7 @@ def predict(paths, model, threshold, operating_point, as_json, threads, tta, no_
     if not images:
         raise click.ClickException("no images found in " + ", ".join(paths))
     failed = 0
-    for result in classifier.predict(images, cut, tta=tta, gate=not no_gate):
+    for result in classifier.predict(images, cut, tta=tta, gate=not no_gate, diagnosis=diagnosis):
         failed += not hasattr(result, "label")
         if as_json:
             click.echo(json.dumps(result.to_dict()))
@@ -219,11 +223,15 @@ def _readable(result) -> str:
     if not hasattr(result, "label"):
         return f"{result.path}: error: {result.error}"
     if not result.usable:
+        # No diagnosis either: no one should read a diagnosis off a photo the model cannot judge.
         why = "; ".join(REASON_TEXT.get(r, r) for r in result.reasons)
         return (f"{result.path}: cannot judge this image ({why}): retake it "
                 f"(malignant_probability {result.malignant_probability:.3f}, not to be relied on)")
-    return (f"{result.path}: {result.label} (malignant_probability {result.malignant_probability:.3f}, "
+    line = (f"{result.path}: {result.label} (malignant_probability {result.malignant_probability:.3f}, "
             f"threshold {result.threshold:.3f})")
+    if result.diagnosis:
+        line += "; diagnosis " + ", ".join(f"{dx} {p:.2f}" for dx, p in result.diagnosis)
+    return line
 
 
 @main.command()

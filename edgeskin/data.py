@@ -229,15 +229,27 @@ def discover_many(sources) -> Dataset:
     if len(set(names)) < len(names):
         raise DataError(f"the same source is given twice ({', '.join(names)})")
     merged = {name: tuple(s for p in parts for s in p.split(name)) for name in SPLITS}
-    test_groups = {g for s in merged["test"] for g in s.groups}
-    leaked = [s for s in merged["train"] + merged["val"] if test_groups.intersection(s.groups)]
+    leaked = _linked_to(merged["train"] + merged["val"], merged["test"])
     notes = tuple(n for p in parts for n in p.notes)
     if leaked:
-        merged = {**merged, "train": tuple(s for s in merged["train"] if s not in leaked),
-                  "val": tuple(s for s in merged["val"] if s not in leaked)}
+        merged = {**merged, "train": tuple(s for s in merged["train"] if s.path not in leaked),
+                  "val": tuple(s for s in merged["val"] if s.path not in leaked)}
         notes += (f"{len(leaked)} training images share a lesion or a copy with a test image of another source "
                   "and were left out of training",)
     return Dataset(" + ".join(str(Path(s)) for s in sources), **merged, notes=notes)
+
+
+def _linked_to(samples, others) -> set[str]:
+    """Paths of the samples joined to any of others through shared groups, transitively
+    (an image whose lesion has another image that copies a test image is linked too)."""
+    everyone = list(samples) + list(others)
+    sets = dedup.UnionFind(len(everyone))
+    first_of: dict[str, int] = {}
+    for i, s in enumerate(everyone):
+        for g in s.groups:
+            sets.join(i, first_of.setdefault(g, i))
+    tainted = {sets.root(i) for i in range(len(samples), len(everyone))}
+    return {s.path for i, s in enumerate(samples) if sets.root(i) in tainted}
 
 
 def source_counts(samples) -> dict[str, dict[str, int]]:

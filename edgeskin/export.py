@@ -79,6 +79,28 @@ def _run_parts(source: Path):
     return model_lib.load(keras_path), run, splits
 
 
+def _primary_first(tflite: bytes) -> bytes:
+    """The model with the benign/malignant output listed first.
+
+    The converter lists outputs in no promised order (here it put the
+    diagnosis first); MediaPipe and most apps read head 0 as the model's
+    answer, so the decision must be output 0. Only the subgraph's list of
+    output tensors is reordered; the signature maps outputs by name.
+    """
+    import flatbuffers
+
+    schema = metadata._tflite_schema()
+    obj = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(tflite), 0))
+    graph = obj.subgraphs[0]
+    if len(graph.outputs) < 2:
+        return tflite
+    size = {i: int(np.prod(graph.tensors[i].shape)) for i in graph.outputs}
+    graph.outputs = sorted(graph.outputs, key=lambda i: size[i] != len(data.LABELS))
+    builder = flatbuffers.Builder(len(tflite) + 4096)
+    builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
+    return bytes(builder.Output())
+
+
 def _convert(serving, options: ExportOptions, representative: np.ndarray) -> bytes:
     import tensorflow as tf
 
@@ -106,9 +128,11 @@ def _convert(serving, options: ExportOptions, representative: np.ndarray) -> byt
         return converter.convert()
 
 
-def build_info(run: dict, options: ExportOptions, image_size: int, points, checks: dict, platt=None) -> dict:
+def build_info(run: dict, options: ExportOptions, image_size: int, points, checks: dict, platt=None,
+               output_tensors=(metadata.PROBABILITIES,)) -> dict:
     """The JSON an app needs, embedded in the model and written beside it."""
     config, cal = run["config"], run["calibration"]
+    diagnoses = cal.get("diagnoses", [])
     return {
         "name": "edgeskin",
         "version": __version__,
@@ -118,6 +142,10 @@ def build_info(run: dict, options: ExportOptions, image_size: int, points, check
                   "range": [0, 255], "resize": "centre-crop to square, then bilinear resize"},
         "output": "probabilities for [benign, malignant]; apply score_calibration (Platt, on the inverse logistic)"
                   if platt else "probabilities for [benign, malignant], temperature-calibrated",
+        **({"diagnoses": list(diagnoses),
+            "diagnosis_output": f"probabilities of the diagnoses {', '.join(diagnoses)} (softmax, not calibrated); "
+                                "an aid to reading the case, never the decision"} if diagnoses else {}),
+        "output_tensors": list(output_tensors),
         "quantization": options.quantization,
         "temperature": cal["temperature"],
         **({"score_calibration": {**platt.to_dict(), "fitted_on": cal.get("chosen_on", "validation split")}}
@@ -142,13 +170,18 @@ def _calibration_data(splits, run: dict, size: int):
     return data.load_images(splits.val, size), np.array([s.label for s in splits.val])
 
 
-def _raw_scores(tflite: bytes, x: np.ndarray) -> np.ndarray:
-    """The new file's own outputs, through the very runtime an app would use."""
+def _raw_scores(tflite: bytes, x: np.ndarray, diagnoses) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
+    """The new file's own outputs, through the very runtime an app would use:
+    raw malignant scores, diagnosis probabilities (None without that head)
+    and the names of the file's output tensors in the file's own order."""
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.tflite"
-        probe.write_bytes(tflite)
+        probe.write_bytes(metadata.embed_json(tflite, {"labels": list(data.LABELS), "diagnoses": list(diagnoses)}))
         classifier = Classifier(probe, num_threads=os.cpu_count())
-        return np.array([classifier.raw_score(v) for v in x])
+        raw = [classifier.raw_outputs(v) for v in x]
+        order = classifier.output_names()
+    dx = np.stack([d for _, d in raw]) if diagnoses else None
+    return np.array([r for r, _ in raw]), dx, order
 
 
 def _check(p_float, p_raw, y, options: ExportOptions):
@@ -168,6 +201,17 @@ def _check(p_float, p_raw, y, options: ExportOptions):
               "ece_before_platt": calibration.expected_calibration_error(p_raw, y),
               "ece_after_platt": calibration.expected_calibration_error(p_new, y)}
     return checks, points, platt
+
+
+def _diagnosis_checks(dx_float, dx_new, splits, run: dict, diagnoses) -> dict:
+    """How often the exported diagnosis head names the float model's top diagnosis,
+    and its balanced accuracy on the calibration pool's images that have a diagnosis."""
+    copies = max(1, len(run["calibration"].get("calibration_qualities", [])))
+    index = np.array([diagnoses.index(s.dx) if s.dx in diagnoses else -1 for s in splits.val] * copies)
+    report = train_lib.diagnosis_report(dx_new, index)
+    return {"diagnosis_top1_agreement": float(np.mean(np.argmax(dx_float, 1) == np.argmax(dx_new, 1))),
+            "diagnosis_balanced_accuracy": report["balanced_accuracy"],
+            "diagnosis_top3_accuracy": report["top3_accuracy"]}
 
 
 def _gate(source: Path, splits, size: int, log) -> dict:
@@ -196,11 +240,15 @@ def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> 
     representative = data.load_images([splits.train[i] for i in sorted(pick)], size)
     x_val, y_val = _calibration_data(splits, run, size)
     log(f"converting to {options.quantization} ({len(representative)} representative training images)")
-    tflite = _convert(serving, options, representative)
+    tflite = _primary_first(_convert(serving, options, representative))
     outputs = serving.predict(x_val, batch_size=64, verbose=0)
     p_float = np.asarray(outputs[0] if isinstance(outputs, list) else outputs)[:, 1].astype(np.float64)
-    checks, points, platt = _check(p_float, _raw_scores(tflite, x_val), y_val, options)
-    info = {**build_info(run, options, size, points, checks, platt), "gate": _gate(source, splits, size, log)}
+    diagnoses = run["calibration"].get("diagnoses", [])
+    p_raw, dx, order = _raw_scores(tflite, x_val, diagnoses)
+    checks, points, platt = _check(p_float, p_raw, y_val, options)
+    if dx is not None:
+        checks.update(_diagnosis_checks(outputs[1], dx, splits, run, diagnoses))
+    info = {**build_info(run, options, size, points, checks, platt, order), "gate": _gate(source, splits, size, log)}
     final = metadata.embed_for_apps(tflite, info)
     # A failed model never replaces a good one: it is kept aside instead.
     target = out if checks["passed"] else out.with_name(out.stem + ".failed.tflite")

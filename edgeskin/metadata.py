@@ -27,6 +27,8 @@ from pathlib import Path
 KEY = "edgeskin"
 STANDARD_KEY = "TFLITE_METADATA"
 LABEL_FILE = "labels.txt"
+DIAGNOSIS_LABEL_FILE = "diagnosis_labels.txt"
+PROBABILITIES, DIAGNOSIS = "probabilities", "diagnosis"  # output tensor names, as MediaPipe reports its heads
 INFO_FILE = "edgeskin.json"
 CALIBRATION_FILE = "score_calibration.txt"
 AUTHOR = "edgeskin developers"
@@ -126,6 +128,9 @@ def validate(info) -> dict:
         t = point.get("threshold") if isinstance(point, dict) else None
         if isinstance(t, bool) or not isinstance(t, (int, float)) or not math.isfinite(t) or not 0.0 <= t <= 1.0:
             raise MetadataError(f"edgeskin metadata: operating point {name!r} has no threshold in [0, 1]")
+    diagnoses = info.get("diagnoses", [])
+    if not (isinstance(diagnoses, list) and all(isinstance(x, str) for x in diagnoses)) or len(diagnoses) == 1:
+        raise MetadataError("edgeskin metadata: 'diagnoses' must be a list of at least two names")
     cal = info.get("score_calibration")
     if cal is not None:
         ok = isinstance(cal, dict) and all(
@@ -228,8 +233,53 @@ def standard_metadata(info: dict) -> bytes:
     image.stats = md.StatsT()
     image.stats.max, image.stats.min = [255.0], [0.0]
 
+    outputs = {PROBABILITIES: _probabilities_metadata, DIAGNOSIS: _diagnosis_metadata}
+    subgraph = md.SubGraphMetadataT()
+    subgraph.inputTensorMetadata = [image]
+    # One entry per output tensor, in the file's own output order: readers
+    # pair them by position.
+    subgraph.outputTensorMetadata = [outputs[name](md, info) for name in info.get("output_tensors", [PROBABILITIES])]
+    extra = md.AssociatedFileT()
+    extra.name = INFO_FILE
+    extra.description = "edgeskin metadata: temperature, operating points, training data summary, export checks."
+    extra.type = md.AssociatedFileType.DESCRIPTIONS
+    model = md.ModelMetadataT()
+    model.name = info["name"]
+    model.description = info["description"]
+    model.version = info["version"]
+    model.author = AUTHOR
+    model.license = LICENSE
+    model.subgraphMetadata = [subgraph]
+    model.associatedFiles = [extra]
+    model.minParserVersion = "1.0.0"  # nothing newer than schema 1.0.0 is used
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), b"M001")
+    return bytes(builder.Output())
+
+
+def _diagnosis_metadata(md, info: dict):
+    """The second head: diagnosis probabilities with their label file, no threshold."""
     out = md.TensorMetadataT()
-    out.name = "probabilities"
+    out.name = DIAGNOSIS
+    out.description = (f"Probabilities of the diagnoses {', '.join(info['diagnoses'])} (HAM10000 names). "
+                       "An aid to reading the case; the benign/malignant output is the decision.")
+    out.content = md.ContentT()
+    out.content.contentPropertiesType = md.ContentProperties.FeatureProperties
+    out.content.contentProperties = md.FeaturePropertiesT()
+    out.stats = md.StatsT()
+    out.stats.max, out.stats.min = [1.0], [0.0]
+    labels = md.AssociatedFileT()
+    labels.name = DIAGNOSIS_LABEL_FILE
+    labels.description = "Diagnosis labels, one per line, in output order."
+    labels.type = md.AssociatedFileType.TENSOR_AXIS_LABELS
+    out.associatedFiles = [labels]
+    return out
+
+
+def _probabilities_metadata(md, info: dict):
+    """The primary head: [benign, malignant], its Platt map and its screening threshold."""
+    out = md.TensorMetadataT()
+    out.name = PROBABILITIES
     point = info["operating_points"][info["default_operating_point"]]
     out.description = (f"Probabilities of {', '.join(info['labels'])}, calibrated by the Platt map in "
                        f"{CALIBRATION_FILE} when present. Malignant when its "
@@ -268,26 +318,7 @@ def standard_metadata(info: dict) -> bytes:
     unit.optionsType = md.ProcessUnitOptions.ScoreThresholdingOptions
     unit.options = threshold
     out.processUnits.append(unit)
-
-    subgraph = md.SubGraphMetadataT()
-    subgraph.inputTensorMetadata = [image]
-    subgraph.outputTensorMetadata = [out]
-    extra = md.AssociatedFileT()
-    extra.name = INFO_FILE
-    extra.description = "edgeskin metadata: temperature, operating points, training data summary, export checks."
-    extra.type = md.AssociatedFileType.DESCRIPTIONS
-    model = md.ModelMetadataT()
-    model.name = info["name"]
-    model.description = info["description"]
-    model.version = info["version"]
-    model.author = AUTHOR
-    model.license = LICENSE
-    model.subgraphMetadata = [subgraph]
-    model.associatedFiles = [extra]
-    model.minParserVersion = "1.0.0"  # nothing newer than schema 1.0.0 is used
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), b"M001")
-    return bytes(builder.Output())
+    return out
 
 
 def embed_for_apps(model: bytes, info: dict) -> bytes:
@@ -303,6 +334,8 @@ def embed_for_apps(model: bytes, info: dict) -> bytes:
     # associated files; stored, not deflated, so readers can map them.
     with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_STORED) as zf:
         zf.writestr(LABEL_FILE, "\n".join(info["labels"]) + "\n")
+        if info.get("diagnoses"):
+            zf.writestr(DIAGNOSIS_LABEL_FILE, "\n".join(info["diagnoses"]) + "\n")
         zf.writestr(INFO_FILE, text + "\n")
         if info.get("score_calibration"):
             zf.writestr(CALIBRATION_FILE, calibration_lines(info))

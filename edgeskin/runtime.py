@@ -21,6 +21,7 @@ from edgeskin.imageio import ImageError, open_rgb, to_model_input
 
 MALIGNANT, BENIGN, UNUSABLE = "malignant", "benign", "unusable"
 DEFAULT_MODEL_NAME = "edgeskin_int8.tflite"
+TOP_DIAGNOSES = 3  # how many diagnoses predict --diagnosis lists
 
 
 class RuntimeModelError(ValueError):
@@ -58,6 +59,9 @@ class Prediction:
     malignant_probability: float
     threshold: float
     reasons: tuple[str, ...] = ()  # why the gate could not judge the image; () when it could
+    # The most probable diagnoses, most probable first, as (dx, probability);
+    # None when they were not asked for.
+    diagnosis: tuple[tuple[str, float], ...] | None = None
 
     @property
     def usable(self) -> bool:
@@ -70,8 +74,11 @@ class Prediction:
         return MALIGNANT if self.malignant_probability >= self.threshold else BENIGN
 
     def to_dict(self) -> dict:
-        return {"path": self.path, "malignant_probability": round(self.malignant_probability, 6),
-                "threshold": self.threshold, "label": self.label, "usable": self.usable, "reasons": list(self.reasons)}
+        out = {"path": self.path, "malignant_probability": round(self.malignant_probability, 6),
+               "threshold": self.threshold, "label": self.label, "usable": self.usable, "reasons": list(self.reasons)}
+        if self.diagnosis is not None:
+            out["diagnosis"] = [{"dx": dx, "probability": round(p, 6)} for dx, p in self.diagnosis]
+        return out
 
 
 @dataclass(frozen=True)
@@ -113,12 +120,13 @@ class Classifier:
             raise RuntimeModelError(f"{path}: not a usable TFLite model ({str(exc).splitlines()[0]})") from exc
         self.path = path
         self._input = self._interpreter.get_input_details()[0]
-        self._output = self._interpreter.get_output_details()[0]
         shape = self._input["shape"]
         if len(shape) != 4 or shape[3] != 3 or shape[1] != shape[2]:
             raise RuntimeModelError(f"{path}: expected a square RGB image input, got shape {list(shape)}")
         self.image_size = int(shape[1])
         self.labels = list(self.info.get("labels", [BENIGN, MALIGNANT]))
+        self.diagnoses = tuple(self.info.get("diagnoses", ()))
+        self._output, self._diagnosis = self._outputs(path)
         n_out = int(np.prod(self._output["shape"]))
         if n_out not in (1, len(self.labels)) or (n_out > 1 and MALIGNANT not in self.labels):
             raise RuntimeModelError(f"{path}: output of {n_out} values does not match labels {self.labels}")
@@ -128,6 +136,30 @@ class Classifier:
             self.gate = gate_lib.Gate.from_dict(self.info["gate"]) if self.info.get("gate") else None
         except ValueError as exc:
             raise RuntimeModelError(f"{path}: {exc}") from exc
+
+    def _outputs(self, path):
+        """The benign/malignant output and the diagnosis output (None without one).
+
+        Told apart by size, not by position: converters order a model's
+        outputs as they please, and the metadata says which names exist.
+        """
+        outputs = self._interpreter.get_output_details()
+        if len(outputs) == 1 and not self.diagnoses:
+            return outputs[0], None
+        sizes = [int(np.prod(o["shape"])) for o in outputs]
+        wanted = [len(self.labels), len(self.diagnoses)]
+        if len(outputs) != 2 or sorted(sizes) != sorted(wanted) or wanted[0] == wanted[1]:
+            raise RuntimeModelError(f"{path}: outputs of {sizes} values do not match labels {self.labels} "
+                                    f"and diagnoses {list(self.diagnoses)}")
+        first = sizes.index(wanted[0])
+        return outputs[first], outputs[1 - first]
+
+    def output_names(self) -> list[str]:
+        """The model's output tensors in the file's order, by the names the metadata gives them."""
+        names = {self._output["index"]: metadata.PROBABILITIES}
+        if self._diagnosis is not None:
+            names[self._diagnosis["index"]] = metadata.DIAGNOSIS
+        return [names[o["index"]] for o in self._interpreter.get_output_details()]
 
     # Thresholds -----------------------------------------------------------
     @property
@@ -160,17 +192,37 @@ class Classifier:
         equally valid view, and averaging smooths out orientation noise at
         four times the cost.
         """
-        if tta:
-            views = (pixels, pixels[:, ::-1], pixels[::-1], pixels[::-1, ::-1])
-            return float(np.mean([self._invoke(v) for v in views]))
-        return self._invoke(pixels)
+        return self.scores(pixels, tta)[0]
 
-    def _invoke(self, pixels: np.ndarray) -> float:
-        raw = self.raw_score(pixels)
-        return float(self.score_calibration.apply(raw)) if self.score_calibration else raw
+    def scores(self, pixels: np.ndarray, tta: bool = False) -> tuple[float, np.ndarray | None]:
+        """The malignant probability and the diagnosis probabilities (None
+        without a diagnosis head), both from the same invocations."""
+        views = (pixels, pixels[:, ::-1], pixels[::-1], pixels[::-1, ::-1]) if tta else (pixels,)
+        malignant, diagnosis = [], []
+        for view in views:
+            self._run(view)
+            raw = float(self._read(self._output)[self._malignant])
+            malignant.append(float(self.score_calibration.apply(raw)) if self.score_calibration else raw)
+            if self._diagnosis is not None:
+                diagnosis.append(self._read(self._diagnosis))
+        if not diagnosis:
+            return float(np.mean(malignant)), None
+        p = np.mean(diagnosis, axis=0)
+        # int8 steps can leave the sum a step or two away from 1.
+        return float(np.mean(malignant)), p / p.sum() if p.sum() > 0 else p
 
-    def raw_score(self, pixels: np.ndarray) -> float:
-        """The model's own malignant output, before the score calibration in its metadata."""
+    def diagnosis_probabilities(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
+        """One image in, the probability of each of self.diagnoses out."""
+        if self._diagnosis is None:
+            raise RuntimeModelError(f"{self.path}: this model has no diagnosis head")
+        return self.scores(pixels, tta)[1]
+
+    def top_diagnoses(self, probabilities: np.ndarray, k: int = TOP_DIAGNOSES) -> tuple[tuple[str, float], ...]:
+        """The k most probable diagnoses as (dx, probability), most probable first."""
+        order = np.argsort(-np.asarray(probabilities), kind="stable")[:k]
+        return tuple((self.diagnoses[i], float(probabilities[i])) for i in order)
+
+    def _run(self, pixels: np.ndarray) -> None:
         x = pixels[None].astype(np.float32)
         dtype = self._input["dtype"]
         scale, zero = self._input["quantization"]
@@ -183,24 +235,40 @@ class Classifier:
             x = x.astype(dtype)
         self._interpreter.set_tensor(self._input["index"], x)
         self._interpreter.invoke()
-        y = self._interpreter.get_tensor(self._output["index"]).reshape(-1).astype(np.float64)
-        scale, zero = self._output["quantization"]
-        if self._output["dtype"] in (np.uint8, np.int8) and scale:
+
+    def _read(self, output) -> np.ndarray:
+        y = self._interpreter.get_tensor(output["index"]).reshape(-1).astype(np.float64)
+        scale, zero = output["quantization"]
+        if output["dtype"] in (np.uint8, np.int8) and scale:
             y = (y - zero) * scale
-        return float(np.clip(y[self._malignant], 0.0, 1.0))
+        return np.clip(y, 0.0, 1.0)
+
+    def raw_score(self, pixels: np.ndarray) -> float:
+        """The model's own malignant output, before the score calibration in its metadata."""
+        return self.raw_outputs(pixels)[0]
+
+    def raw_outputs(self, pixels: np.ndarray) -> tuple[float, np.ndarray | None]:
+        """The raw malignant output and the diagnosis output (None without that head) of one invocation."""
+        self._run(pixels)
+        dx = self._read(self._diagnosis) if self._diagnosis is not None else None
+        return float(self._read(self._output)[self._malignant]), dx
 
     def reasons(self, original_size: tuple[int, int], pixels: np.ndarray) -> tuple[str, ...]:
         """Why the model's gate cannot judge this image; () when it can, or when the model has no gate."""
         return tuple(self.gate.reasons(original_size, pixels)) if self.gate else ()
 
-    def predict(self, paths, threshold: float, workers: int | None = None, tta: bool = False, gate: bool = True):
+    def predict(self, paths, threshold: float, workers: int | None = None, tta: bool = False, gate: bool = True,
+                diagnosis: bool = False):
         """Yield a Prediction or a Failure per path, in order.
 
         Images are decoded in a thread pool while the interpreter runs, so a
         folder keeps both cores busy; one bad file never stops the others.
         With gate, an image the model cannot judge still gets its
         malignant_probability, but its label is "unusable" and its reasons say why.
+        With diagnosis, each Prediction carries the top diagnoses too.
         """
+        if diagnosis and self._diagnosis is None:
+            raise RuntimeModelError(f"{self.path}: this model has no diagnosis head (it was trained without diagnoses)")
         paths = [str(p) for p in paths]
 
         def decode(path):
@@ -231,4 +299,5 @@ class Classifier:
                 else:
                     size, pixels = decoded
                     reasons = self.reasons(size, pixels) if gate else ()
-                    yield Prediction(path, self.malignant_probability(pixels, tta), threshold, reasons)
+                    p, dx = self.scores(pixels, tta)
+                    yield Prediction(path, p, threshold, reasons, self.top_diagnoses(dx) if diagnosis else None)

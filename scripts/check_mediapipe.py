@@ -53,8 +53,15 @@ def main(argv=None) -> int:
             pixels = load_rgb(path, ours.image_size)
             image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
             result = classifier.classify(image)
-            categories = {c.category_name: c.score for c in result.classifications[0].categories}
-            ref = ours.malignant_probability(pixels)
+            heads = {h.head_name: h for h in result.classifications}
+            # The decision is the head named "probabilities" (head 0); older
+            # single-head files name no head, so fall back on the first.
+            primary = heads.get("probabilities", result.classifications[0])
+            categories = {c.category_name: c.score for c in primary.categories}
+            ref, dx = ours.scores(pixels)
+            if dx is not None:
+                # edgeskin renormalises the int8 steps to sum to 1; MediaPipe reports the raw outputs.
+                worst = max(worst, _diagnosis_difference(heads, ours, ours.raw_outputs(pixels)[1], path))
             if "malignant" not in categories:
                 # MediaPipe drops a category whose score is exactly 0, whatever
                 # the threshold; that is only a match if edgeskin also says 0.
@@ -70,6 +77,18 @@ def main(argv=None) -> int:
     print(f"{verdict}: largest difference {worst:.6f} over {len(paths)} images (tolerance {args.tolerance}; "
           f"model {calibrated} score calibration)")
     return 0 if verdict == "PASS" else 1
+
+
+def _diagnosis_difference(heads: dict, ours, dx, path) -> float:
+    """Largest difference between MediaPipe's diagnosis head and edgeskin's diagnosis probabilities."""
+    if "diagnosis" not in heads:
+        print(f"{path}: mediapipe returned no 'diagnosis' head (heads: {', '.join(heads)})")
+        return 1.0
+    theirs = {c.category_name: c.score for c in heads["diagnosis"].categories}
+    diff = max(abs(theirs.get(name, 0.0) - float(p)) for name, p in zip(ours.diagnoses, dx))
+    top = max(theirs, key=theirs.get) if theirs else "none"
+    print(f"{path}: mediapipe diagnosis head top {top}, largest |diff| {diff:.6f}")
+    return diff
 
 
 if __name__ == "__main__":

@@ -104,3 +104,52 @@ def tiny_run(tmp_path_factory, tiny_weights):
     result = export(run_dir, run_dir / "edgeskin_int8.tflite", ExportOptions.for_int8(representative_images=40, max_auc_drop=0.25),
                     log=lambda *_: None)
     return {"data": root / "data", "run": run_dir, "tflite": result.path, "export": result}
+
+
+TINY_DIAGNOSES = ("nv", "bkl", "mel", "bcc")  # the diagnoses the synthetic multi-source set uses
+
+
+def write_multisource_manifest(root: Path, n: int = 240, seed: int = 3) -> Path:
+    """A manifest over two sources with diagnoses, lesion groups (two images a lesion) and a test split.
+
+    Malignant diagnoses (mel, bcc) get the malignant picture, so both heads
+    have something to learn; every fifth image has no diagnosis, as isic-binary's have none.
+    """
+    import csv
+
+    rng = np.random.default_rng(seed)
+    root.mkdir(parents=True, exist_ok=True)
+    rows = []
+    for i in range(n):
+        dx = TINY_DIAGNOSES[(i // 2) % len(TINY_DIAGNOSES)]
+        malignant = dx in ("mel", "bcc")
+        name = f"img{i}.jpg"
+        lesion(rng, malignant).save(root / name, quality=85)
+        rows.append({"path": name, "label": "malignant" if malignant else "benign", "dx": dx if i % 5 else "",
+                     "group": f"lesion{i // 2}", "split": "test" if i >= n - 40 else "train",
+                     "source": "clinic_a" if (i // 2) % 3 else "clinic_b"})
+    with open(root / "manifest.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return root / "manifest.csv"
+
+
+@pytest.fixture(scope="session")
+def tiny_dx_run(tmp_path_factory, tiny_weights):
+    """A run with a diagnosis head, trained on a synthetic two-source manifest, and its int8 export."""
+    from edgeskin.export import ExportOptions, export
+    from edgeskin.model import ModelOptions
+    from edgeskin.train import TrainOptions, train
+
+    root = tmp_path_factory.mktemp("tiny_dx")
+    manifest = write_multisource_manifest(root / "data", 400)
+    options = TrainOptions.for_smoke_test(
+        model=ModelOptions(image_size=64, alpha=0.35, weights=str(tiny_weights)),
+        head_epochs=4, head_learning_rate=3e-3, patience=4, val_fraction=0.3,
+    )
+    run_dir = root / "run"
+    train(manifest, run_dir, options, log=lambda *_: None)
+    result = export(run_dir, run_dir / "edgeskin_int8.tflite",
+                    ExportOptions.for_int8(representative_images=40, max_auc_drop=1.0), log=lambda *_: None)
+    return {"manifest": manifest, "run": run_dir, "tflite": result.path, "export": result}

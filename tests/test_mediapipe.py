@@ -64,3 +64,11 @@ def test_mediapipe_reads_a_site_calibrated_model(tiny_run, tmp_path):
     r = _check(out, tiny_run["data"] / "test")
     assert r.returncode == 0, r.stdout + r.stderr
     assert "with score calibration" in r.stdout
+
+
+@pytest.mark.slow
+def test_mediapipe_lists_the_diagnosis_head_second(tiny_dx_run):
+    r = _check(tiny_dx_run["tflite"], tiny_dx_run["manifest"].parent, "--limit", "8")
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert r.stdout.count("mediapipe diagnosis head top") == 8
+    assert r.stdout.strip().splitlines()[-1].startswith("PASS")

@@ -1,0 +1,97 @@
+"""The diagnosis head: trained beside the benign/malignant one, exported, read back, and predicted."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from edgeskin import data, metadata
+from edgeskin.cli import main
+from edgeskin.imageio import load_rgb
+from edgeskin.runtime import Classifier
+
+pytestmark = pytest.mark.slow
+
+
+def _test_images(run, n=3):
+    return [s.path for s in data.discover(run["manifest"]).test[:n]]
+
+
+def test_the_run_records_the_head_and_per_source_validation(tiny_dx_run):
+    cal = json.loads((tiny_dx_run["run"] / "calibration.json").read_text())
+    assert cal["diagnoses"] == list(data.DIAGNOSES)
+    assert set(cal["per_source"]) == {"clinic_a", "clinic_b"}
+    for row in cal["per_source"].values():
+        assert 0.0 <= row["auc"] <= 1.0 and row["diagnosis"]["images"] > 0
+    splits = data.discover(tiny_dx_run["run"] / "splits.csv")
+    assert {s.source for s in splits.val} == {"clinic_a", "clinic_b"}
+    assert any(s.dx for s in splits.train)
+
+
+def test_the_int8_file_carries_both_heads_with_their_labels(tiny_dx_run):
+    raw = tiny_dx_run["tflite"].read_bytes()
+    info = metadata.read(raw)
+    assert info["diagnoses"] == list(data.DIAGNOSES)
+    assert info["output_tensors"] == ["probabilities", "diagnosis"]
+    files = metadata.associated_files(raw)
+    assert files["diagnosis_labels.txt"].decode().split() == list(data.DIAGNOSES)
+    assert files["labels.txt"].decode().split() == list(data.LABELS)
+    from edgeskin._vendor import metadata_schema_py_generated as md
+
+    standard = md.ModelMetadataT.InitFromObj(
+        md.ModelMetadata.GetRootAsModelMetadata(metadata.entries(raw)[metadata.STANDARD_KEY], 0))
+    outputs = standard.subgraphMetadata[0].outputTensorMetadata
+    assert [o.name.decode() for o in outputs] == ["probabilities", "diagnosis"]
+    assert [f.name.decode() for f in outputs[1].associatedFiles] == ["diagnosis_labels.txt"]
+    checks = info["checks"]
+    assert 0.0 <= checks["diagnosis_top1_agreement"] <= 1.0
+
+
+def test_the_runtime_reads_both_heads_from_one_invocation(tiny_dx_run):
+    clf = Classifier(tiny_dx_run["tflite"])
+    assert clf.diagnoses == data.DIAGNOSES
+    assert clf.output_names() == ["probabilities", "diagnosis"]
+    pixels = load_rgb(_test_images(tiny_dx_run, 1)[0], clf.image_size)
+    p, dx = clf.scores(pixels)
+    assert p == pytest.approx(clf.malignant_probability(pixels))
+    assert dx.shape == (len(data.DIAGNOSES),) and dx.sum() == pytest.approx(1.0)
+    top = clf.top_diagnoses(dx)
+    assert [name for name, _ in top] == [data.DIAGNOSES[i] for i in np.argsort(-dx, kind="stable")[:3]]
+    assert top[0][1] >= top[1][1] >= top[2][1]
+
+
+def test_predict_diagnosis_json_contract(tiny_dx_run):
+    paths = _test_images(tiny_dx_run)
+    r = CliRunner().invoke(main, ["predict", *paths, "--model", str(tiny_dx_run["tflite"]), "--diagnosis", "--json",
+                                  "--no-gate"])
+    assert r.exit_code == 0, r.output
+    clf = Classifier(tiny_dx_run["tflite"])
+    for line, path in zip(r.output.splitlines(), paths):
+        row = json.loads(line)
+        assert list(row) == ["path", "malignant_probability", "threshold", "label", "usable", "reasons", "diagnosis"]
+        assert [list(d) for d in row["diagnosis"]] == [["dx", "probability"]] * 3
+        _, dx = clf.scores(load_rgb(path, clf.image_size))
+        expected = clf.top_diagnoses(dx)
+        assert [(d["dx"], d["probability"]) for d in row["diagnosis"]] == [(n, round(p, 6)) for n, p in expected]
+    # Without the flag the contract is unchanged.
+    r = CliRunner().invoke(main, ["predict", paths[0], "--model", str(tiny_dx_run["tflite"]), "--json"])
+    assert "diagnosis" not in json.loads(r.output)
+
+
+def test_predict_diagnosis_readable_line(tiny_dx_run):
+    path = _test_images(tiny_dx_run, 1)[0]
+    r = CliRunner().invoke(main, ["predict", path, "--model", str(tiny_dx_run["tflite"]), "--diagnosis", "--no-gate"])
+    assert r.exit_code == 0, r.output
+    line = r.output.strip()
+    assert "; diagnosis " in line and line.count(", ") >= 2
+
+
+def test_diagnosis_on_a_model_without_the_head_is_a_one_line_error(tiny_run):
+    path = next((tiny_run["data"] / "test" / "benign").glob("*.jpg"))
+    r = CliRunner().invoke(main, ["predict", str(path), "--model", str(tiny_run["tflite"]), "--diagnosis"])
+    assert r.exit_code != 0 and "Traceback" not in r.output
+    assert "no diagnosis head" in r.output
