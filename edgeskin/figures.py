@@ -138,7 +138,8 @@ def training_curves(history_csv: Path, path: Path) -> Path | None:
     if not history_csv.is_file():
         return None
     with open(history_csv) as f:
-        rows = list(csv.DictReader(f))
+        # The diagnosis head's own refit (phase 3) has no loss or AUC of the decision to plot.
+        rows = [r for r in csv.DictReader(f) if r["phase"] in ("head", "fine_tune")]
     if not rows:
         return None
     plt = _plt()
@@ -147,6 +148,9 @@ def training_curves(history_csv: Path, path: Path) -> Path | None:
     for key, style in (("loss", "-"), ("val_loss", "--")):
         lx.plot(x, [float(r[key]) for r in rows], style, label=key)
     ax.plot(x, [float(r["val_auc"]) for r in rows], "o-", ms=3, label="val_auc")
+    if any(r.get("val_dx_balanced_accuracy") for r in rows):
+        ax.plot(x, [float(r["val_dx_balanced_accuracy"] or "nan") for r in rows], "s-", ms=3,
+                label="val diagnosis balanced accuracy")
     switch = sum(r["phase"] == "head" for r in rows)
     for a in (lx, ax):
         if switch < len(rows):
@@ -154,7 +158,7 @@ def training_curves(history_csv: Path, path: Path) -> Path | None:
         a.set_xlabel("epoch (head, then fine-tuning)")
         a.legend(fontsize=8)
     lx.set(ylabel="loss", title="Loss")
-    ax.set(ylabel="ROC AUC", title="Validation AUC")
+    ax.set(ylabel="ROC AUC / balanced accuracy", title="Validation")
     return _save(fig, path)
 
 
@@ -207,4 +211,30 @@ def robustness(rows: list[dict], path: Path) -> Path:
         ax.tick_params(labelsize=8)
     axes[0].set_yticks(y, names)
     axes[0].invert_yaxis()
+    return _save(fig, path)
+
+
+def diagnosis_confusion(confusion, names, path: Path, title: str = "Diagnosis head") -> Path:
+    """The diagnosis confusion matrix: rows true, columns predicted, coloured by the share of each
+    row (so a rare diagnosis reads as clearly as a common one), every cell's count written in it.
+
+    Rows of diagnoses with no image are left out; every column stays, since
+    the model may predict a diagnosis the set does not hold.
+    """
+    plt = _plt()
+    grid = np.asarray(confusion, dtype=np.int64)
+    rows = np.flatnonzero(grid.sum(axis=1))
+    if len(rows) == 0:
+        raise ValueError("a confusion matrix with no images")
+    counts = grid[rows]
+    shares = counts / counts.sum(axis=1, keepdims=True)
+    fig, ax = plt.subplots(figsize=(0.75 * len(names) + 2.2, 0.6 * len(rows) + 1.8))
+    image = ax.imshow(shares, cmap="Blues", vmin=0, vmax=1, aspect="auto")
+    for (i, j), v in np.ndenumerate(counts):
+        ax.text(j, i, f"{v}\n{shares[i, j]:.0%}", ha="center", va="center", fontsize=8,
+                color="white" if shares[i, j] > 0.5 else "black")
+    ax.set_xticks(range(len(names)), names)
+    ax.set_yticks(range(len(rows)), [f"{names[r]} (n={grid[r].sum()})" for r in rows])
+    ax.set(xlabel="predicted diagnosis", ylabel="true diagnosis", title=f"{title}: share of each true diagnosis")
+    fig.colorbar(image, ax=ax, fraction=0.04, label="share of the row")
     return _save(fig, path)

@@ -36,6 +36,7 @@ class ModelOptions:
     chroma_subsampling: bool = True
     # Names of the diagnosis head's outputs; () for a model with no such head.
     diagnoses: tuple[str, ...] = ()
+    diagnosis_l2: float = 1e-3
 
     def __post_init__(self):
         if not 32 <= self.image_size <= 1024:
@@ -46,6 +47,8 @@ class ModelOptions:
             raise ValueError(f"alpha must be one of MobileNetV2's 0.35, 0.5, 0.75, 1.0, 1.3, 1.4; got {self.alpha}")
         if not 0.0 <= self.dropout < 1.0:
             raise ValueError(f"dropout must lie in [0, 1), got {self.dropout}")
+        if not self.diagnosis_l2 >= 0:
+            raise ValueError(f"diagnosis_l2 must be >= 0, got {self.diagnosis_l2}")
         if len(set(self.diagnoses)) != len(self.diagnoses) or len(self.diagnoses) == 1:
             raise ValueError(f"diagnoses must be distinct names, at least two of them; got {self.diagnoses}")
         if self.weights not in ("imagenet", "none") and not Path(self.weights).is_file():
@@ -147,7 +150,14 @@ def _head(keras, feature_shape, options: ModelOptions):
     x = keras.layers.Dropout(options.dropout)(features)
     outputs = keras.layers.Dense(1, name="logit")(x)
     if options.diagnoses:
-        outputs = [outputs, keras.layers.Dense(len(options.diagnoses), name="dx_logits")(x)]
+        # L2 on the diagnosis weights: with 1,280 features, a rare diagnosis
+        # (about 100 dermatofibromas) is linearly separable from the rest, and
+        # unregularised cross-entropy then grows its weights without bound.
+        # Such a head is so sharp that the first fine-tuning steps, which
+        # move the features a little, blew its loss up from 0.7 to 10.
+        dx = keras.layers.Dense(len(options.diagnoses), name="dx_logits",
+                                kernel_regularizer=keras.regularizers.L2(options.diagnosis_l2))
+        outputs = [outputs, dx(x)]
     return keras.Model(features, outputs, name="head")
 
 
