@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 DISCLAIMER = (
@@ -10,6 +11,17 @@ DISCLAIMER = (
     "clinician, and a 'benign' result does not rule out melanoma or any other skin cancer: any lesion "
     "that is changing, bleeding, itching or otherwise worrying should be seen by a doctor."
 )
+
+
+# The ISIC 2017 challenge's published test-set ROC AUCs for melanoma (part 3), from its
+# leaderboard as reported in Codella et al., "Skin lesion analysis toward melanoma
+# detection: a challenge at ISBI 2017", ISBI 2018 (arXiv:1710.05006). The only
+# figures on the card that this code does not compute.
+ISIC2017_PUBLISHED_MELANOMA_AUC = (("RECOD Titans", 0.874), ("Casio and Shinshu University", 0.868))
+
+
+def _fmt(v, fmt="{:.3f}") -> str:
+    return "n/a" if v is None else fmt.format(v)
 
 
 def _ci(entry, fmt="{:.3f}") -> str:
@@ -35,13 +47,15 @@ def render(result: dict, info: dict, config: dict | None = None, figure_dir: str
         _data(result, training, config),
         _training(training, config),
         _results(result),
+        _sets(result),
         _operating_points(result, info),
+        _diagnosis_head(result, figure_dir),
         _robustness(result),
         _gate(result, info),
         _figures(result, figure_dir),
-        _limitations(),
+        _limitations(result, training),
     )
-    return "\n".join(line for section in sections for line in section + [""])
+    return "\n".join(line for section in sections if section for line in section + [""])
 
 
 def _header(result: dict, info: dict) -> list[str]:
@@ -145,7 +159,9 @@ def _results(result: dict) -> list[str]:
     m = result["metrics"]
     lines = [
         "## Results on the evaluation set",
-        "All intervals are 95% percentile bootstrap intervals (1,000 resamples of the evaluated images).",
+        "All intervals are 95% percentile bootstrap intervals ("
+        + (f"{result['bootstrap']:,} resamples" if "bootstrap" in result else "resamples")
+        + " of the evaluated images).",
         "",
         "| metric | value (95% CI) |",
         "|---|---|",
@@ -163,6 +179,100 @@ def _results(result: dict) -> list[str]:
         lines.append(f"| ROC AUC of `{cname}` on the same images | {_ci(c['roc_auc'])} |")
     for t, v in m["specificity_at_sensitivity"].items():
         lines.append(f"| specificity at sensitivity ≥ {t} | {_ci(v)} |")
+    return lines
+
+
+def _set_row(label: str, model: str, m: dict, dx: dict | None, left_out) -> str:
+    pt = m["thresholds"].get("screening") or next(iter(m["thresholds"].values()))
+    diagnosis = f"{_ci(dx['balanced_accuracy'])} | {_ci(dx['top3_accuracy'])}" if dx else "– | –"
+    return (f"| {label} | `{model}` | {m['n']} ({m['n_malignant']} malignant) | {left_out} | {_ci(m['roc_auc'])} | "
+            f"{_ci(pt['sensitivity'])} | {_ci(pt['specificity'])} | {_ci(m['ece'])} | {diagnosis} |")
+
+
+def _is_isic2017(name: str) -> bool:
+    return re.sub(r"[^a-z0-9]", "", name.lower()).startswith("isic2017")
+
+
+def _sets(result: dict) -> list[str]:
+    sets = result.get("sets")
+    if not sets:
+        return []
+    lines = [
+        "## Results by test set",
+        "Each set's test split (every image, for a set without one), less its test images that near-duplicate "
+        "one of its own training or validation images"
+        + (" or any image the model was trained or calibrated on, from any source"
+           if "model's own training images" in next(iter(sets.values()))["data"].get("rule", "") else "")
+        + ". Sensitivity and specificity at the `screening` operating "
+        "point (the first point, for a model without it); diagnosis figures on the images whose diagnosis the "
+        "model knows. 95% bootstrap intervals.",
+        "",
+        "| test set | model | images | near-duplicates left out | ROC AUC | screening sensitivity | "
+        "screening specificity | ECE | diagnosis balanced accuracy | diagnosis top-3 accuracy |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for name, entry in sets.items():
+        label = f"{name} (primary)" if entry.get("primary") else name
+        left_out = entry["data"].get("near_duplicates_left_out", 0)
+        lines.append(_set_row(label, result["model"]["name"], entry["metrics"], entry.get("diagnosis"), left_out))
+        if "compare" in entry:
+            c = entry["compare"]
+            lines.append(_set_row(label, c["model"]["name"], c["metrics"], c.get("diagnosis"), left_out))
+        if _is_isic2017(name):
+            lines.append(_isic2017_row(label))
+    if any(_is_isic2017(name) for name in sets):
+        lines += ["", _ISIC2017_NOTE]
+    return lines
+
+
+_ISIC2017_NOTE = (
+    "Published ISIC 2017 figures (challenge part 3, melanoma classification; Codella et al., ISBI 2018, "
+    "arXiv:1710.05006) are the challenge's own, quoted, not measured here: they are on its full test split, ours "
+    "on the test images left after near-duplicates of training images are removed (the README also gives ours on "
+    "the full split). The challenge ranked "
+    "melanoma against nevi and seborrheic keratoses; where a set's only malignant diagnosis is melanoma, as in "
+    "ISIC 2017's published labels, our malignant-vs-benign ROC AUC ranks the same thing.")
+
+
+def _isic2017_row(label: str) -> str:
+    published = "; ".join(f"{auc:.3f} ({team})" for team, auc in ISIC2017_PUBLISHED_MELANOMA_AUC)
+    return (f"| {label} | ISIC 2017 challenge, published melanoma AUC (best first) | full test split | – | {published} "
+            "| – | – | – | – | – |")
+
+
+def _diagnosis_head(result: dict, figure_dir: str) -> list[str]:
+    names = result["model"].get("diagnoses") or []
+    measured = {name: e for name, e in result.get("sets", {}).items() if "diagnosis" in e}
+    if not names and not measured:
+        return []
+    lines = ["## Diagnosis head",
+             f"Beside benign/malignant, the model gives a probability for each of {len(names)} diagnoses "
+             f"({', '.join(names)}); its prediction is the most probable. Only images whose recorded diagnosis is one "
+             "of these count. Balanced accuracy is the mean of the per-diagnosis recalls (the ISIC 2018 challenge "
+             "metric); top-3 accuracy the share of images whose diagnosis is among the three most probable."]
+    if not measured:
+        return lines + ["", "No test set here records diagnoses the model knows, so the head is not measured on this card."]
+    for name, entry in measured.items():
+        lines += ["", f"### {name}" + (" (primary set)" if entry.get("primary") else "")] + _diagnosis_set(entry, figure_dir)
+    return lines
+
+
+def _diagnosis_set(entry: dict, figure_dir: str) -> list[str]:
+    dx = entry["diagnosis"]
+    lines = [f"- {dx['images']} of {entry['metrics']['n']} evaluated images counted "
+             f"({dx['images_without_known_diagnosis']} have no diagnosis or one the model does not know).",
+             f"- Balanced accuracy {_ci(dx['balanced_accuracy'])}; top-3 accuracy {_ci(dx['top3_accuracy'])}; "
+             f"accuracy {_ci(dx['accuracy'])}."]
+    theirs = entry.get("compare", {}).get("diagnosis")
+    if theirs:
+        lines.append(f"- `{entry['compare']['model']['name']}` on the same images: balanced accuracy "
+                     f"{_ci(theirs['balanced_accuracy'])}; top-3 accuracy {_ci(theirs['top3_accuracy'])}.")
+    lines += ["", "| diagnosis | images | predicted | recall | precision |", "|---|---|---|---|---|"]
+    for name, c in dx["per_class"].items():
+        if c["support"] or c["predicted"]:
+            lines.append(f"| {name} | {c['support']} | {c['predicted']} | {_fmt(c['recall'])} | {_fmt(c['precision'])} |")
+    if dx.get("figure"):
+        lines += ["", f"![diagnosis confusion matrix]({figure_dir}/{Path(dx['figure']).name})"]
     return lines
 
 
@@ -246,23 +356,30 @@ def _gate(result: dict, info: dict) -> list[str]:
 
 
 def _figures(result: dict, figure_dir: str) -> list[str]:
+    shown = {e["diagnosis"]["figure"] for e in result.get("sets", {}).values() if "figure" in e.get("diagnosis", {})}
     lines = ["## Figures", ""]
-    for f in result["metrics"].get("figures", []):
+    for f in (f for f in result["metrics"].get("figures", []) if f not in shown):
         name = Path(f).stem.replace("_", " ")
         lines.append(f"![{name}]({figure_dir}/{Path(f).name})")
     return lines
 
 
-def _limitations() -> list[str]:
+def _limitations(result: dict, training: dict) -> list[str]:
+    sources = [d for d in str(training.get("data", "")).split(" + ") if d]
+    names = result["model"].get("diagnoses") or []
     return [
         "## Limitations",
-        "- One source: every image comes from the ISIC archive through one public re-packaging; performance on other "
-        "clinics, dermoscopes and populations is unknown and likely lower.",
+        (f"- {len(sources)} training sources, all dermoscopy from ISIC-archive contributors; performance on other "
+         if len(sources) > 1 else "- One source: every image comes from the ISIC archive through one public "
+         "re-packaging; performance on other ")
+        + "clinics, dermoscopes and populations is unknown and likely lower.",
         "- No skin-type, age, sex, body-site or patient metadata: fairness across Fitzpatrick skin types cannot be "
         "measured, and ISIC is dominated by light skin.",
         "- Dermoscopy only: clinical or phone photographs without a dermoscope are out of scope.",
-        "- Binary labels with no subtypes; lesion identity is unknown, so same-lesion images were found with a "
-        "perceptual hash, which can miss heavily cropped or rotated copies.",
+        (f"- The diagnosis head knows only {', '.join(names)}: a lesion of any other kind still gets one of them. "
+         if names else "- Binary labels with no subtypes. ")
+        + "Where a set records no lesion identity, same-lesion images were found with a perceptual hash, which can "
+        "miss heavily cropped or rotated copies.",
         "- The evaluation set is small; read every figure with its interval.",
         "",
         "## Medical disclaimer",

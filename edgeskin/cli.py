@@ -268,24 +268,28 @@ def calibrate(model, data, out, target_sensitivity, folds, bootstrap):
 
 @main.command()
 @click.argument("model", type=click.Path(exists=True))
-@click.argument("data", type=click.Path(exists=True))
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None, help="Also report this threshold.")
 @click.option("--out", type=click.Path(file_okay=False), default="evaluation", show_default=True)
 @click.option("--compare", type=click.Path(exists=True), default=None, help="A second model to put side by side.")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), default=None,
-              help="Run folder whose history.csv gives the training curves.")
+              help="The model's run folder: its history.csv gives the training curves, its splits.csv "
+                   "the training images kept out of every test figure.")
 @click.option("--bootstrap", type=click.IntRange(100, 100000), default=1000, show_default=True)
 @click.option("--robustness/--no-robustness", default=True, show_default=True,
               help="Also score the set re-encoded, rescaled, relit, rotated and flipped (one pass each).")
 @_friendly
 def evaluate(model, data, threshold, out, compare, run_dir, bootstrap, robustness):
-    """Evaluate MODEL (.tflite, .keras or run folder) on DATA, with CIs, figures and a model card.
+    """Evaluate MODEL (.tflite, .keras or run folder) on one or more DATA sets, with CIs, figures and a model card.
 
-    DATA is any layout `train` accepts. Its test/ split is used when there is
-    one, leaving out test images that near-duplicate a train or val image;
-    otherwise every image is.
+    Each DATA is any layout `train` accepts. Its test split is used when there
+    is one, leaving out test images that near-duplicate a train or val image
+    of that set or, given --run, any image the model was trained on;
+    otherwise every image is. The first DATA is the primary set (figures,
+    robustness, gate, predictions.csv); every set gets a row in the card's
+    "Results by test set" and its own diagnosis report.
 
-    Example: edgeskin evaluate models/edgeskin_int8.tflite ../shared/data/isic-binary --out models
+    Example: edgeskin evaluate models/edgeskin_int8.tflite ../shared/data/isic-binary ../shared/data/ham10000 --out models
     """
     from pathlib import Path
 
@@ -295,7 +299,7 @@ def evaluate(model, data, threshold, out, compare, run_dir, bootstrap, robustnes
         with click.progressbar(items, length=n, label="scoring", file=sys.stderr) as bar:
             yield from bar
 
-    result = run_evaluation(model, data, out, threshold, compare, bootstrap, progress, run_dir, robustness)
+    result = run_evaluation(model, list(data), out, threshold, compare, bootstrap, progress, run_dir, robustness)
     click.echo(table(result))
     click.echo(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'MODEL_CARD.md'} and {Path(out) / 'figures'}/")
 

@@ -421,8 +421,8 @@ def _fine_tune(keras, net, backbone, arrays: _Arrays, options: TrainOptions, his
     noise, and keeps the head's best weights unless an epoch beats them on
     the calibration pool. The learning rate warms up over the first epoch:
     Adam's first steps move every weight by the full learning rate whatever
-    its gradient, and behind frozen BatchNorm layers with small variances
-    that shifted the pooled features by 70% within ten steps. The diagnosis
+    its gradient: without the warm-up the pooled features' mean fell from
+    0.49 to 0.09 within ten steps at 1e-4. The diagnosis
     loss is switched off here: let through the backbone, its rare, heavily
     weighted classes drove the features to saturation (pooled mean 0.5 -> 5
     in five SGD steps) and the validation AUC from 0.87 to 0.68 in two epochs;

@@ -1,17 +1,22 @@
 #!/usr/bin/env bash
 # Turns a finished run folder into the shipped model in models/, and measures it.
-#   bash scripts/ship_model.sh runs/NAME [../shared/data/isic-binary [COMPARE_MODEL]]
+#   bash scripts/ship_model.sh runs/NAME [COMPARE_MODEL [DATA ...]]
+# DATA defaults to ../shared/data/isic-binary, ham10000 and isic2017 (the first is the primary set).
 # 1. int8 and float32 exports (each checked against the float model on the calibration split);
 # 2. the float Keras model and the run's records (config, calibration, history, splits, audit);
-# 3. the evaluation on the data set's test split, near-duplicates of training images left out,
-#    with the robustness table, and the int8 model compared against COMPARE_MODEL (default: the
-#    float Keras model; give the previously shipped .tflite to put old and new side by side):
-#    metrics.json, figures, MODEL_CARD.md;
-# 4. an independent recomputation of the AUC from `edgeskin predict --json`.
+# 3. the evaluation on every DATA set's test split, leaving out test images that near-duplicate any
+#    image the model trained on, with the robustness table on the primary set, and the int8 model
+#    compared against COMPARE_MODEL (default: the float Keras model; give the previously shipped
+#    .tflite to put old and new side by side): metrics.json, figures, MODEL_CARD.md;
+# 4. the ISIC 2017 official test split as published (all 595 images, and the 504 that no model
+#    trained on isic-binary has seen), in models/benchmarks/;
+# 5. an independent recomputation of the AUC from `edgeskin predict --json`.
 set -euo pipefail
-run=${1:?usage: ship_model.sh RUN_DIR [DATA]}
-data=${2:-../shared/data/isic-binary}
-compare=${3:-models/edgeskin.keras}
+run=${1:?usage: ship_model.sh RUN_DIR [COMPARE_MODEL [DATA ...]]}
+compare=${2:-models/edgeskin.keras}
+shift $(( $# < 2 ? $# : 2 ))
+if [ $# -gt 0 ]; then sets=("$@"); else sets=(../shared/data/isic-binary ../shared/data/ham10000 ../shared/data/isic2017); fi
+data=${sets[0]}
 cd "$(dirname "$0")/.."
 edgeskin=.venv/bin/edgeskin
 
@@ -34,6 +39,15 @@ splits = data.discover(f"{sys.argv[1]}/splits.csv")
 data.write_manifest("models/training/splits.csv", {"train": splits.train, "val": splits.val})
 PY
 rm -rf models/figures
-$edgeskin evaluate models/edgeskin_int8.tflite "$data" --out models --compare "$compare" --run models/training
+$edgeskin evaluate models/edgeskin_int8.tflite "${sets[@]}" --out models --compare "$compare" --run models/training
+for d in "${sets[@]}"; do
+    if [ -f "$d/labels.csv" ] && [ -f "$d/test_in_isic_binary.csv" ]; then
+        .venv/bin/python scripts/isic2017_benchmark.py "$d" --out models/benchmarks
+        for split in whole unseen; do
+            $edgeskin evaluate models/edgeskin_int8.tflite "models/benchmarks/isic2017_$split.csv" --no-robustness \
+                --compare "$compare" --out "models/benchmarks/isic2017_$split"
+        done
+    fi
+done
 $edgeskin predict "$data/test" --json > /tmp/edgeskin_predict_test.jsonl || true
 .venv/bin/python scripts/check_evaluate_auc.py models/metrics.json models/predictions.csv /tmp/edgeskin_predict_test.jsonl

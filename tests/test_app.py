@@ -70,3 +70,29 @@ def test_model_page(app):
     app.sidebar.radio[0].set_value("Model").run()
     assert not app.exception
     assert any("The model" in t.value for t in app.title)
+
+
+def test_the_top_diagnoses_show_under_the_decision(tiny_dx_run, monkeypatch):
+    from edgeskin import data
+
+    monkeypatch.setenv("EDGESKIN_MODEL", str(tiny_dx_run["tflite"]))
+    monkeypatch.delenv("EDGESKIN_KERAS", raising=False)
+    at = AppTest.from_file(APP, default_timeout=120)
+    at.run()
+    from edgeskin.imageio import open_rgb, to_model_input
+    from edgeskin.runtime import Classifier
+
+    clf = Classifier(tiny_dx_run["tflite"])
+
+    def judged(path):
+        im = open_rgb(path)
+        return not clf.reasons(im.size, to_model_input(im, clf.image_size))
+
+    image = next(s.path for s in data.discover(tiny_dx_run["manifest"]).test if judged(s.path))
+    at.file_uploader[0].set_value((Path(image).name, Path(image).read_bytes(), "image/jpeg")).run()
+    assert not at.exception
+    values = [m.value for m in at.markdown]
+    decision = next(i for i, v in enumerate(values) if v.startswith("### "))
+    lines = [v for v in values if v.startswith("Most likely diagnoses")]
+    assert len(lines) == 1 and values.index(lines[0]) > decision
+    assert lines[0].count("%") == 3

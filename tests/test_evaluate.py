@@ -113,3 +113,71 @@ def test_evaluate_without_robustness(tiny_run, tmp_path):
                                   "--no-robustness", "--bootstrap", "100"])
     assert r.exit_code == 0, r.output
     assert "robustness" not in json.loads((out / "metrics.json").read_text())
+
+
+def test_evaluate_several_sets_reports_each_on_its_own_images(tiny_run, tmp_path):
+    """A second set gets its own compact report, computed from its own images through the runtime."""
+    from conftest import write_class_folders
+    from edgeskin import evaluate as evaluate_lib
+    from edgeskin import metrics
+    from edgeskin.imageio import open_rgb, to_model_input
+    from edgeskin.runtime import Classifier
+
+    other = write_class_folders(tmp_path / "clinic_b", 20, seed=11)
+    out = tmp_path / "eval"
+    result = evaluate_lib.evaluate(tiny_run["tflite"], [tiny_run["data"], other], out, compare=tiny_run["run"],
+                                   n_boot=100, robust=False)
+    assert list(result["sets"]) == ["data", "clinic_b"]
+    first, second = result["sets"]["data"], result["sets"]["clinic_b"]
+    assert first["primary"] and not second["primary"] and first["data"] == result["data"]
+    assert first["metrics"] == metrics.compact(result["metrics"])
+    assert first["compare"]["metrics"] == metrics.compact(result["compare"]["metrics"])
+    assert second["data"]["split"] == "all" and second["metrics"]["n"] == 40
+    assert set(second["metrics"]["thresholds"]) == {"screening", "balanced", "specific"}
+    assert "diagnosis" not in second and "diagnosis" not in result  # the tiny model has no head
+    clf = Classifier(tiny_run["tflite"])
+    samples, _ = evaluate_lib.evaluation_set(other)
+    p = np.array([clf.malignant_probability(to_model_input(open_rgb(s.path), clf.image_size)) for s in samples])
+    y = np.array([s.label for s in samples])
+    assert second["metrics"]["roc_auc"]["value"] == pytest.approx(roc_auc_score(y, p), abs=1e-6)
+    t = result["model"]["operating_points"]["screening"]
+    assert second["metrics"]["thresholds"]["screening"]["sensitivity"]["value"] == pytest.approx(np.mean(p[y == 1] >= t))
+    assert second["compare"]["metrics"]["n"] == 40
+    # The primary set alone is what predictions.csv and the figures are of.
+    with open(out / "predictions.csv") as f:
+        assert sum(1 for _ in csv.DictReader(f)) == result["metrics"]["n"]
+    card = (out / "MODEL_CARD.md").read_text()
+    assert "## Results by test set" in card and "| clinic_b |" in card
+    assert "by test set" in evaluate_lib.table(result)
+
+
+@pytest.mark.slow
+def test_with_its_run_a_model_is_not_scored_on_copies_of_its_own_training_images(tiny_run, tmp_path):
+    """A test image that repeats a training image from another set is left out once the run is named."""
+    import csv
+    import shutil
+
+    from edgeskin import data as data_lib
+    from edgeskin.evaluate import evaluate
+
+    rows = [(s.path, s.label) for s in data_lib.discover(tiny_run["data"]).test]
+    trained = data_lib.discover(tiny_run["run"] / "splits.csv").train[:3]
+    copies = []
+    for i, s in enumerate(trained):
+        copies.append(str(tmp_path / f"copy_{i}.jpg"))
+        shutil.copy(s.path, copies[-1])
+        rows.append((copies[-1], s.label))
+    manifest = tmp_path / "other.csv"
+    with open(manifest, "w", newline="") as f:
+        w = csv.writer(f)
+        w.writerow(["path", "label", "split"])
+        w.writerows((p, data_lib.LABELS[k], "test") for p, k in rows)
+
+    def scored(run_dir):
+        out = tmp_path / ("with" if run_dir else "without")
+        evaluate(tiny_run["tflite"], manifest, out, n_boot=100, robust=False, run_dir=run_dir)
+        with open(out / "predictions.csv", newline="") as f:
+            return {r["path"] for r in csv.DictReader(f)}
+
+    assert set(copies) <= scored(None)
+    assert not set(copies) & scored(tiny_run["run"])
