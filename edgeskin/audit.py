@@ -177,6 +177,23 @@ def _duplicates(samples_by_split: dict, max_distance: int) -> dict:
     return out
 
 
+SOURCE = Property("source", "categorical", "the data set the image came from")
+
+
+def _by_source(rows, labels: np.ndarray, sources: np.ndarray, n_boot: int, seed: int) -> dict:
+    """The flagged properties within each source alone: a cue can hide inside one set of a mixture."""
+    out = {}
+    for src in sorted(set(sources)):
+        m = sources == src
+        if len(set(labels[m])) < 2:
+            continue
+        assessed = [_assess(p, [r[p.name] for r, keep in zip(rows, m) if keep], labels[m], n_boot, seed)
+                    for p in PROPERTIES]
+        out[src] = {"images": int(m.sum()), "malignant": int(labels[m].sum()),
+                    "flagged": {a["property"]: a["auc"] for a in assessed if a["flagged"]}}
+    return out
+
+
 def audit(samples, out=None, seed: int = 0, n_boot: int = 1000, max_distance: int = dedup.DEFAULT_MAX_DISTANCE,
           splits: dict | None = None, workers: int | None = None) -> dict:
     """Audit labelled samples; write audit.json, properties.csv and audit.png to out if given.
@@ -189,13 +206,23 @@ def audit(samples, out=None, seed: int = 0, n_boot: int = 1000, max_distance: in
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         rows = list(pool.map(lambda s: properties_of(s.path), samples))
     labels = np.array([s.label for s in samples])
+    sources = [s.source for s in samples]
+    props = PROPERTIES
+    if len(set(sources)) > 1:
+        # Mixed sets differ in class balance: the source is itself a cue, and
+        # every property that tells the sources apart (size, compression,
+        # colour) can carry it to the model.
+        props += (SOURCE,)
+        rows = [{**r, "source": src} for r, src in zip(rows, sources)]
     report = {
         "images": len(samples),
         "counts": {name: int((labels == k).sum()) for k, name in enumerate(data.LABELS)},
         "flag_rule": f"flagged when the lower end of the 95% bootstrap CI of the property's ROC AUC is >= {FLAG_MIN_AUC_LOW}",
-        "properties": [_assess(p, [r[p.name] for r in rows], labels, n_boot, seed) for p in PROPERTIES],
+        "properties": [_assess(p, [r[p.name] for r in rows], labels, n_boot, seed) for p in props],
         "near_duplicates": _duplicates(splits or {"train": samples}, max_distance),
     }
+    if len(set(sources)) > 1:
+        report["by_source"] = _by_source(rows, labels, np.array(sources), n_boot, seed)
     if out is not None:
         _write(Path(out), report, samples, rows)
     return report
@@ -230,4 +257,7 @@ def table(report: dict) -> str:
                      + f"{cells[0]:<26}{cells[1]:<26}")
     for k, v in report["near_duplicates"].items():
         lines.append(f"  near-duplicates {k.replace('_', ' ')}: {v}")
+    for src, row in report.get("by_source", {}).items():
+        flags = ", ".join(f"{k} {v:.2f}" for k, v in sorted(row["flagged"].items(), key=lambda kv: -kv[1])) or "none"
+        lines.append(f"  within {src} ({row['images']} images, {row['malignant']} malignant), flagged: {flags}")
     return "\n".join(lines)

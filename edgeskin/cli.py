@@ -105,7 +105,7 @@ def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size,
 
 
 @main.command()
-@click.argument("data", type=click.Path(exists=True))
+@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--out", type=click.Path(file_okay=False), default="audit", show_default=True,
               help="Folder for audit.json, properties.csv and audit.png.")
 @click.option("--split", type=click.Choice(["all", "train", "val", "test"]), default="all", show_default=True,
@@ -113,18 +113,19 @@ def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size,
 @click.option("--bootstrap", type=click.IntRange(100, 100000), default=1000, show_default=True)
 @_friendly
 def audit(data, out, split, bootstrap):
-    """Find shortcuts in DATA: file and pixel properties that predict the label on their own.
+    """Find shortcuts in one or more DATA sets: file and pixel properties that predict the label on their own.
 
     Flagged properties (marked !) need an answer before training: remove the
     cue, or make training blind to it. Near-duplicates within and across
-    splits are counted too.
+    splits are counted too. Several sets are audited as the mixture `train`
+    would make of them, with the source as a property and each source alone.
 
-    Example: edgeskin audit ../shared/data/isic-binary --split train --out audit
+    Example: edgeskin audit ../shared/data/isic-binary ../shared/data/ham10000 --split train --out audit
     """
     from edgeskin import audit as audit_lib
     from edgeskin import data as data_lib
 
-    ds = data_lib.discover(data)
+    ds = data_lib.discover_many(data)
     parts = {name: ds.split(name) for name in data_lib.SPLITS if split in ("all", name)}
     report = audit_lib.audit([s for part in parts.values() for s in part], out, n_boot=bootstrap, splits=parts)
     click.echo(audit_lib.table(report))

@@ -92,3 +92,24 @@ def test_audit_flags_compression_on_isic_binary_train():
     ds = data.discover(SHARED)
     report = audit.audit(ds.train, n_boot=200)
     assert {"jpeg_quality", "chroma_subsampling"} <= _flags(report)
+
+
+def test_a_mixture_audits_its_sources_and_each_source_alone(tmp_path):
+    """Two sources with different prevalence: the source itself is flagged, and each source is audited alone."""
+    from conftest import write_class_folders
+
+    from edgeskin import audit as audit_lib
+    from edgeskin import data as data_lib
+
+    a = write_class_folders(tmp_path / "a", 40, seed=1)
+    b = tmp_path / "b"
+    write_class_folders(b, 40, seed=2)
+    for p in list((b / "malignant").glob("*.jpg"))[:32]:
+        p.unlink()  # source b: 40 benign, 8 malignant
+    ds = data_lib.discover_many([a, b])
+    report = audit_lib.audit(ds.train, n_boot=200)
+    source = next(r for r in report["properties"] if r["property"] == "source")
+    assert source["auc"] > 0.6
+    assert set(report["by_source"]) == {"a", "b"}
+    assert report["by_source"]["b"]["malignant"] == 8
+    assert "within a" in audit_lib.table(report)
