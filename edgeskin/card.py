@@ -100,14 +100,49 @@ def _output_line(model: dict, info: dict) -> str:
     return f"- File: `{model['name']}`."
 
 
+SOURCES = {
+    "isic-binary": "the ISIC-archive derived \"Skin Cancer: Malignant vs. Benign\" set (Claudio Fanconi), 224×224 JPEGs",
+    "ham10000": "HAM10000 (Tschandl et al. 2018; ViDIR Vienna and a Queensland practice), 200×150 JPEGs at about "
+                "quality 75 with 4:2:0 chroma, lesion ids and seven diagnoses",
+    "isic2017": "the ISIC 2017 challenge, part 3 (Codella et al.), 256×256 JPEGs, official train and val splits "
+                "(its test split is never read in training)",
+}
+
+
+def _sources(config: dict) -> list[str]:
+    """One line a training source, with its counts, and each source's own validation figures."""
+    per_source = config.get("sources", {})
+    if len(per_source.get("train", {})) < 2:
+        return []
+    val = config.get("calibration", {}).get("per_source", {})
+    lines = ["- Training sources, trained on as one set:"]
+    for name, c in per_source["train"].items():
+        v = per_source.get("val", {}).get(name, {})
+        lines.append(f"  - `{name}`: {SOURCES.get(name, 'a local set')}. Train {c['benign']} benign + "
+                     f"{c['malignant']} malignant; validation {v.get('benign', 0)} + {v.get('malignant', 0)}.")
+    if val:
+        lines += ["", "  Validation figures of each source alone (calibration pool: validation re-encoded at JPEG "
+                  "quality 95, 75 and 50), so that one large source cannot hide a poor one:", "",
+                  "  | source | pool images | ROC AUC | screening sensitivity | screening specificity | ECE | "
+                  "diagnosis balanced accuracy |", "  |---|---|---|---|---|---|---|"]
+        for name, r in val.items():
+            dx = r.get("diagnosis", {}).get("balanced_accuracy")
+            lines.append(f"  | `{name}` | {r['images']} | {_fmt(r.get('auc'))} | {_fmt(r.get('screening_sensitivity'))} | "
+                         f"{_fmt(r.get('screening_specificity'))} | {_fmt(r.get('ece'))} | {_fmt(dx)} |")
+        lines.append("")
+    return lines
+
+
 def _data(result: dict, training: dict, config: dict) -> list[str]:
     m, d = result["metrics"], result["data"]
     counts = training.get("counts", {})
+    several = len(config.get("sources", {}).get("train", {})) > 1
     lines = [
         "## Data",
         f"- Training source: `{training.get('data', 'not recorded')}`"
         + (" — the ISIC-archive derived \"Skin Cancer: Malignant vs. Benign\" set (Claudio Fanconi), dermoscopy JPEGs."
-           if "isic" in str(training.get("data", "")).lower() else "."),
+           if "isic" in str(training.get("data", "")).lower() and not several else "."),
+        *_sources(config),
     ]
     if counts:
         tr, va = counts.get("train", {}), counts.get("val", {})
@@ -148,10 +183,32 @@ def _training(training: dict, config: dict) -> list[str]:
             f"saturation ±{aug['brightness']:.2f}, and a JPEG re-encode at a random quality "
             f"{aug['jpeg_quality'][0]}–{aug['jpeg_quality'][1]} with random {'/'.join(aug['subsampling'])} chroma "
             f"(probability {aug['jpeg_probability']:.2f}).")
+    lines += _weights(config)
     qualities = config.get("options", {}).get("calibration_qualities")
     if qualities:
         lines.append(f"- Model selection, temperature and operating points on the calibration split re-encoded at JPEG "
                      f"quality {', '.join(map(str, qualities))} with 4:2:0 chroma, as phones save images.")
+    return lines
+
+
+def _weights(config: dict) -> list[str]:
+    """How imbalance across sources, classes and diagnoses was handled."""
+    options = config.get("options", {})
+    lines = []
+    if options.get("class_weights"):
+        several = len(config.get("sources", {}).get("train", {})) > 1
+        lines.append("- Loss weights: " + ("within each source the two classes weigh the same, so a source's prevalence "
+                     "cannot become a cue for the label, and each source's total weight grows with the square root of "
+                     "its size." if several else "the two classes weigh the same."))
+    if options.get("model", {}).get("diagnoses"):
+        lines.append(f"- Diagnosis head ({', '.join(options['model']['diagnoses'])}): trained with the benign/malignant "
+                     f"head on cached frozen features, kept out of fine-tuning, then refitted on the fine-tuned features; "
+                     + {"inverse": "each diagnosis weighted by its inverse frequency",
+                        "sqrt": "each diagnosis weighted by its inverse square-root frequency",
+                        "none": "diagnoses unweighted"}[options.get("diagnosis_weighting", "inverse")]
+                     + f", loss weight "
+                     f"{options.get('diagnosis_loss_weight')}, L2 {options['model'].get('diagnosis_l2')} on its weights; "
+                     "images with no diagnosis train the benign/malignant head only.")
     return lines
 
 

@@ -368,7 +368,7 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
     rows = _robustness(scorer, first.samples, first.y, first.scores.malignant, n_boot, progress) if robust else None
     cmp_rows = _robustness(other, first.samples, first.y, cmp[1], n_boot, progress) if robust and cmp else None
     gate = _gate_report(found, first.samples, first.y, first.scores.malignant, thresholds, n_boot)
-    config = json.loads((run / "config.json").read_text()) if run and (run / "config.json").is_file() else {}
+    config = _run_records(run)
     out.mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(dir=out, prefix=".evaluate-") as staging:
         staging = Path(staging)
@@ -382,6 +382,16 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
             result["gate"] = metrics.json_safe(gate)
         _write_outputs(staging, out, first, result, scorer, config)
     return result
+
+
+def _run_records(run: Path | None) -> dict:
+    """The run's config.json, with its calibration.json under "calibration" (per-source validation figures)."""
+    if not run or not (run / "config.json").is_file():
+        return {}
+    config = json.loads((run / "config.json").read_text())
+    if (run / "calibration.json").is_file():
+        config["calibration"] = json.loads((run / "calibration.json").read_text())
+    return config
 
 
 def _trained_on(run: Path | None) -> tuple[data.Sample, ...]:

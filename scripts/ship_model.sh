@@ -8,7 +8,8 @@
 #    image the model trained on, with the robustness table on the primary set, and the int8 model
 #    compared against COMPARE_MODEL (default: the float Keras model; give the previously shipped
 #    .tflite to put old and new side by side): metrics.json, figures, MODEL_CARD.md;
-# 4. the ISIC 2017 official test split as published (all 595 images, and the 504 that no model
+# 4. the robustness table and gate report of every further DATA set, in models/benchmarks/NAME/;
+#    the ISIC 2017 official test split as published (all 595 images, and the 504 that no model
 #    trained on isic-binary has seen), in models/benchmarks/;
 # 5. an independent recomputation of the AUC from `edgeskin predict --json`.
 set -euo pipefail
@@ -40,6 +41,10 @@ data.write_manifest("models/training/splits.csv", {"train": splits.train, "val":
 PY
 rm -rf models/figures
 $edgeskin evaluate models/edgeskin_int8.tflite "${sets[@]}" --out models --compare "$compare" --run models/training
+for d in "${sets[@]:1}"; do
+    # The robustness table (and the gate report) of every further set, with that set as the primary.
+    $edgeskin evaluate models/edgeskin_int8.tflite "$d" --run models/training --out "models/benchmarks/$(basename "$d")"
+done
 for d in "${sets[@]}"; do
     if [ -f "$d/labels.csv" ] && [ -f "$d/test_in_isic_binary.csv" ]; then
         .venv/bin/python scripts/isic2017_benchmark.py "$d" --out models/benchmarks
