@@ -565,6 +565,11 @@ def _fit_gate(dataset: data.Dataset, run_dir: Path, options: TrainOptions, log) 
     _write_json(run_dir / GATE_FILE, {**gate.to_dict(), "checks": {**rates, "fitted": "at training time"}})
 
 
+def _timed(log, started: float):
+    """log with the minutes since the run started, so a run's log shows where its time went."""
+    return lambda message: log(f"[{(time.time() - started) / 60:5.1f} min] {message}")
+
+
 def _dataset(sources, options: TrainOptions, log) -> tuple[data.Dataset, TrainOptions]:
     """The data, split; and the options with the diagnosis head switched on when the data names diagnoses."""
     dataset = data.split_validation(data.discover_many(sources), options.val_fraction, options.seed,
@@ -588,6 +593,7 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
     source is one data set or a list of them, trained on as one (data.discover_many).
     """
     started = time.time()
+    log = _timed(log, started)
     run_dir = Path(run_dir)
     _check_run_dir(run_dir, overwrite)
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
