@@ -3,7 +3,10 @@
 Every number in the README's results section is pasted from this script's
 output, so none is typed by hand.
 
-    python scripts/results_tables.py models/metrics.json
+    python scripts/results_tables.py models/metrics.json [models/benchmarks/isic2017_whole/metrics.json ...]
+
+Further metrics files (the ISIC 2017 benchmark manifests, each further set
+evaluated as the primary for its robustness table) each get a short table.
 """
 
 from __future__ import annotations
@@ -15,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgeskin.card import robustness_rows  # noqa: E402
+from edgeskin.card import _diagnosis_set, _sets, robustness_rows  # noqa: E402
 
 
 def _ci(e) -> str:
@@ -37,9 +40,22 @@ def headline(result: dict) -> list[str]:
     return lines
 
 
+def further(path: Path) -> list[str]:
+    """A further evaluation: its set, the headline figures of both models, and its robustness table if any."""
+    result = json.loads(path.read_text())
+    d, m = result["data"], result["metrics"]
+    lines = [f"\n### {path.parent.name}: {d['evaluated']} of {d['images']} images ({m['n_malignant']} malignant); "
+             f"{d['near_duplicates_left_out']} left out ({d['rule']})\n"]
+    lines += headline(result)
+    if "robustness" in result:
+        lines += ["", f"Robustness, `{result['model']['name']}`:", ""] + robustness_rows(result["robustness"])
+    return lines
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("metrics", type=Path)
+    ap.add_argument("more", type=Path, nargs="*")
     args = ap.parse_args()
     result = json.loads(args.metrics.read_text())
     d = result["data"]
@@ -52,6 +68,14 @@ def main() -> int:
     if "robustness" in result.get("compare", {}):
         print(f"\nRobustness, `{result['compare']['model']['name']}`:\n")
         print("\n".join(robustness_rows(result["compare"]["robustness"])))
+    if len(result.get("sets", {})) > 1:
+        print("\n" + "\n".join(_sets(result)[2:]))
+    for name, entry in result.get("sets", {}).items():
+        if "diagnosis" in entry:
+            print(f"\nDiagnosis head on {name}:\n")
+            print("\n".join(line for line in _diagnosis_set(entry, "figures") if not line.startswith("![")))
+    for path in args.more:
+        print("\n".join(further(path)))
     return 0
 
 

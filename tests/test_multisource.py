@@ -113,3 +113,20 @@ def test_diagnosis_targets_weight_rare_diagnoses_and_zero_the_unknown():
     assert y[:6, nv].sum() == pytest.approx(y[6:8, mel].sum())  # each diagnosis weighs the same in total
     assert np.all(y[8] == 0)
     assert np.count_nonzero(y[:8], axis=1).tolist() == [1] * 8
+
+
+@pytest.mark.slow
+def test_the_time_budget_stops_fine_tuning_and_the_run_still_finishes(tmp_path, tiny_weights):
+    from edgeskin.model import ModelOptions
+    from edgeskin.train import TrainOptions, train
+
+    manifest = write_multisource_manifest(tmp_path / "m", 200)
+    options = TrainOptions.for_smoke_test(model=ModelOptions(image_size=64, alpha=0.35, weights=str(tiny_weights)),
+                                          val_fraction=0.3, fine_tune_epochs=4, patience=4, time_budget_minutes=0.001)
+    lines = []
+    train(manifest, tmp_path / "run", options, log=lines.append)
+    with open(tmp_path / "run" / "history.csv", newline="") as f:
+        phases = [r["phase"] for r in csv.DictReader(f)]
+    assert phases.count("fine_tune") == 1 and "diagnosis_head" in phases
+    assert (tmp_path / "run" / "model.keras").is_file()
+    assert all(line.startswith("[") and " min] " in line for line in lines)
