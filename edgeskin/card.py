@@ -121,8 +121,9 @@ def _sources(config: dict) -> list[str]:
         lines.append(f"  - `{name}`: {SOURCES.get(name, 'a local set')}. Train {c['benign']} benign + "
                      f"{c['malignant']} malignant; validation {v.get('benign', 0)} + {v.get('malignant', 0)}.")
     if val:
-        lines += ["", "  Validation figures of each source alone (calibration pool: validation re-encoded at JPEG "
-                  "quality 95, 75 and 50), so that one large source cannot hide a poor one:", "",
+        qualities = ", ".join(map(str, config.get("options", {}).get("calibration_qualities", [])))
+        lines += ["", f"  Validation figures of each source alone (calibration pool: validation re-encoded at JPEG "
+                  f"quality {qualities}), so that one large source cannot hide a poor one:", "",
                   "  | source | pool images | ROC AUC | screening sensitivity | screening specificity | ECE | "
                   "diagnosis balanced accuracy |", "  |---|---|---|---|---|---|---|"]
         for name, r in val.items():
@@ -318,7 +319,8 @@ def _diagnosis_set(entry: dict, figure_dir: str) -> list[str]:
     dx = entry["diagnosis"]
     lines = [f"- {dx['images']} of {entry['metrics']['n']} evaluated images counted "
              f"({dx['images_without_known_diagnosis']} have no diagnosis or one the model does not know).",
-             f"- Balanced accuracy {_ci(dx['balanced_accuracy'])}; top-3 accuracy {_ci(dx['top3_accuracy'])}; "
+             f"- Balanced accuracy (mean recall over the {sum(1 for c in dx['per_class'].values() if c['support'])} "
+             f"diagnoses present) {_ci(dx['balanced_accuracy'])}; top-3 accuracy {_ci(dx['top3_accuracy'])}; "
              f"accuracy {_ci(dx['accuracy'])}."]
     theirs = entry.get("compare", {}).get("diagnosis")
     if theirs:
@@ -430,8 +432,8 @@ def _limitations(result: dict, training: dict) -> list[str]:
          if len(sources) > 1 else "- One source: every image comes from the ISIC archive through one public "
          "re-packaging; performance on other ")
         + "clinics, dermoscopes and populations is unknown and likely lower.",
-        "- No skin-type, age, sex, body-site or patient metadata: fairness across Fitzpatrick skin types cannot be "
-        "measured, and ISIC is dominated by light skin.",
+        "- No skin type is recorded in any set (HAM10000 records age, sex and body site, unused here): fairness "
+        "across Fitzpatrick skin types cannot be measured, and ISIC is dominated by light skin.",
         "- Dermoscopy only: clinical or phone photographs without a dermoscope are out of scope.",
         (f"- The diagnosis head knows only {', '.join(names)}: a lesion of any other kind still gets one of them. "
          if names else "- Binary labels with no subtypes. ")

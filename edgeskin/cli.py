@@ -168,8 +168,9 @@ def export(source, quantization, out, representative_images, max_auc_drop):
         click.echo(f"  {name:<10} threshold {point['threshold']:.4f}  sensitivity {point['sensitivity']:.3f}  "
                    f"specificity {point['specificity']:.3f}")
     if not result.passed:
-        raise click.ClickException(f"{quantization} AUC fell more than {options.max_auc_drop} below float; "
-                                   f"kept aside as {result.path}")
+        why = (f"AUC fell more than {options.max_auc_drop} below float" if result.auc < result.float_auc - options.max_auc_drop
+               else f"its diagnosis head agreed with the float model's on less than {options.min_diagnosis_agreement:.0%}")
+        raise click.ClickException(f"{quantization} {why}; kept aside as {result.path}")
     click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB) and {result.path.with_suffix('.json')}")
 
 
@@ -224,7 +225,7 @@ def _readable(result) -> str:
     if not hasattr(result, "label"):
         return f"{result.path}: error: {result.error}"
     if not result.usable:
-        # No diagnosis either: no one should read a diagnosis off a photo the model cannot judge.
+        # No diagnosis either (the JSON's list is empty): no one should read one off a photo the model cannot judge.
         why = "; ".join(REASON_TEXT.get(r, r) for r in result.reasons)
         return (f"{result.path}: cannot judge this image ({why}): retake it "
                 f"(malignant_probability {result.malignant_probability:.3f}, not to be relied on)")

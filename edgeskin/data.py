@@ -105,10 +105,14 @@ def _class_folder(folder: Path, root: Path | None = None) -> tuple[Sample, ...]:
     if missing:
         raise DataError(f"{folder}: no {' or '.join(m + '/' for m in missing)} folder (expected benign/ and malignant/)")
     root = root or folder
+    # The set's own folder name, resolved, so that "." or a trailing slash
+    # still gives "isic-binary/train/benign/1.jpg" and not "train/benign/1.jpg".
+    name_of_set = root.resolve().name
     samples = []
     for k, name in enumerate(LABELS):
         files = sorted(p for p in (folder / name).rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-        samples.extend(Sample(str(p), k, p.relative_to(root.parent).as_posix(), source=root.name) for p in files)
+        samples.extend(Sample(str(p), k, f"{name_of_set}/{p.relative_to(root).as_posix()}", source=name_of_set)
+                       for p in files)
     return tuple(samples)
 
 
@@ -149,6 +153,9 @@ def _rows(path: Path, needed: tuple[str, ...]) -> list[dict]:
     missing = [c for c in needed if not rows or c not in rows[0]]
     if missing:
         raise DataError(f"{path}: no rows, or no {', '.join(missing)} column")
+    for n, row in enumerate(rows, start=2):
+        if None in row or any(row.get(c) is None for c in needed):
+            raise DataError(f"{path}:{n}: the row does not have one value per column")
     return rows
 
 
@@ -228,15 +235,34 @@ def discover_many(sources) -> Dataset:
     names = [p.train[0].source if p.train else Path(p.source).name for p in parts]
     if len(set(names)) < len(names):
         raise DataError(f"the same source is given twice ({', '.join(names)})")
+    notes = tuple(n for p in parts for n in p.notes)
+    if any(p.val for p in parts):
+        # One set's own val split would leave every other set out of
+        # validation and calibration; validation is carved from them all.
+        parts = [replace(p, train=p.train + p.val, val=()) for p in parts]
+        notes += ("the given val splits joined train: validation is drawn from every source alike",)
     merged = {name: tuple(s for p in parts for s in p.split(name)) for name in SPLITS}
     leaked = _linked_to(merged["train"] + merged["val"], merged["test"])
-    notes = tuple(n for p in parts for n in p.notes)
+    notes += _unmatched_links(merged, names)
     if leaked:
         merged = {**merged, "train": tuple(s for s in merged["train"] if s.path not in leaked),
                   "val": tuple(s for s in merged["val"] if s.path not in leaked)}
         notes += (f"{len(leaked)} training images share a lesion or a copy with a test image of another source "
                   "and were left out of training",)
     return Dataset(" + ".join(str(Path(s)) for s in sources), **merged, notes=notes)
+
+
+def _unmatched_links(merged: dict, names: list[str]) -> tuple[str, ...]:
+    """A note for copy links (same_as_isic_binary) that name a set absent from these sources:
+    harmless when that set is not being used, a leak if it is, under another folder name."""
+    everyone = [s for split in merged.values() for s in split]
+    keys = {g for s in everyone for g in s.groups[:1]}  # each image's own key
+    links = {g for s in everyone for g in s.groups[1:] if "/" in g}
+    missing = sorted({g.split("/")[0] for g in links - keys} - set(names))
+    if not missing:
+        return ()
+    return (f"{len(links - keys)} copy links name images of {', '.join(missing)}, which is not among the sources "
+            f"({', '.join(names)}); if it is, under another folder name, name its folder {missing[0]}",)
 
 
 def _linked_to(samples, others) -> set[str]:
@@ -352,7 +378,8 @@ def split_validation(
     check_classes(train, f"{data.source}: training data")
     if data.val:
         h_train, h_val = hashes(train), hashes(data.val)
-        leaked = dedup.near_duplicates_of(h_val, h_train, max_distance) | _shares_group(data.val, train)
+        linked = _linked_to(data.val, train)
+        leaked = dedup.near_duplicates_of(h_val, h_train, max_distance) | np.array([s.path in linked for s in data.val])
         val = tuple(s for s, bad in zip(data.val, leaked) if not bad)
         check_classes(val, f"{data.source}: validation data")
         report = dedup.cluster(h_train, max_distance)
@@ -393,12 +420,6 @@ def split_validation(
     return replace(data, train=new_train, val=new_val, notes=data.notes + (note,))
 
 
-def _shares_group(samples, others) -> np.ndarray:
-    """A boolean per sample: does its (non-empty) group also occur among others?"""
-    groups = {g for s in others for g in s.groups}
-    return np.array([bool(groups.intersection(s.groups)) for s in samples], dtype=bool)
-
-
 def held_out_test(data: Dataset, max_distance: int = dedup.DEFAULT_MAX_DISTANCE) -> tuple[tuple[Sample, ...], int]:
     """The test images that near-duplicate no train or val image (nor share its group), and how many were dropped.
 
@@ -408,7 +429,9 @@ def held_out_test(data: Dataset, max_distance: int = dedup.DEFAULT_MAX_DISTANCE)
     seen = list(data.train) + list(data.val)
     if not data.test or not seen:
         return data.test, 0
-    leaked = dedup.near_duplicates_of(hashes(data.test), hashes(seen), max_distance) | _shares_group(data.test, seen)
+    linked = _linked_to(data.test, seen)
+    leaked = dedup.near_duplicates_of(hashes(data.test), hashes(seen), max_distance) | np.array(
+        [s.path in linked for s in data.test], dtype=bool)
     return tuple(s for s, bad in zip(data.test, leaked) if not bad), int(leaked.sum())
 
 

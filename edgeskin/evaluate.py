@@ -194,9 +194,13 @@ def evaluation_set(source, trained_on=()) -> tuple[tuple[data.Sample, ...], dict
                 "rule": "test images within the near-duplicate distance of any train or val image are left out"
                         + (", or of any of the model's own training images (its run's splits.csv)" if trained_on else "")}
     else:
-        kept = ds.train + ds.val
-        desc = {"source": str(Path(source).resolve()), "split": "all", "images": len(kept),
-                "near_duplicates_left_out": 0, "evaluated": len(kept), "rule": "every image in the set"}
+        every = ds.train + ds.val
+        kept, dropped = data.held_out_test(data.Dataset(ds.source, train=tuple(trained_on), test=every))
+        desc = {"source": str(Path(source).resolve()), "split": "all", "images": len(every),
+                "near_duplicates_left_out": dropped, "evaluated": len(kept),
+                "rule": "every image in the set" + (", less those within the near-duplicate distance of any of the "
+                                                    "model's own training images (its run's splits.csv)"
+                                                    if trained_on else "")}
     data.check_classes(kept, f"{source}: evaluation set", data.MIN_PER_CLASS)
     return kept, desc
 

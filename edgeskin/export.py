@@ -28,6 +28,9 @@ class ExportOptions:
     quantization: str = "int8"  # "int8", "float16" or "float32"
     representative_images: int = 300  # drawn from the training split
     max_auc_drop: float = 0.01  # int8 may lose at most this much AUC on the calibration split
+    # The exported diagnosis head must name the float model's top diagnosis on
+    # at least this share of the calibration pool.
+    min_diagnosis_agreement: float = 0.9
     seed: int = 0
     # Fit a Platt map on the exported model's own outputs and carry it as
     # standard score-calibration metadata (see calibration.Platt).
@@ -40,6 +43,8 @@ class ExportOptions:
             raise ValueError("representative_images must be at least 1")
         if not 0.0 <= self.max_auc_drop <= 1.0:
             raise ValueError("max_auc_drop must lie in [0, 1]")
+        if not 0.0 <= self.min_diagnosis_agreement <= 1.0:
+            raise ValueError("min_diagnosis_agreement must lie in [0, 1]")
 
     @classmethod
     def for_int8(cls, **overrides) -> "ExportOptions":
@@ -248,6 +253,8 @@ def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> 
     checks, points, platt = _check(p_float, p_raw, y_val, options)
     if dx is not None:
         checks.update(_diagnosis_checks(outputs[1], dx, splits, run, diagnoses))
+        checks["min_diagnosis_agreement"] = options.min_diagnosis_agreement
+        checks["passed"] = checks["passed"] and checks["diagnosis_top1_agreement"] >= options.min_diagnosis_agreement
     info = {**build_info(run, options, size, points, checks, platt, order), "gate": _gate(source, splits, size, log)}
     final = metadata.embed_for_apps(tflite, info)
     # A failed model never replaces a good one: it is kept aside instead.

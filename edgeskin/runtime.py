@@ -300,4 +300,6 @@ class Classifier:
                     size, pixels = decoded
                     reasons = self.reasons(size, pixels) if gate else ()
                     p, dx = self.scores(pixels, tta)
-                    yield Prediction(path, p, threshold, reasons, self.top_diagnoses(dx) if diagnosis else None)
+                    # No diagnosis for an image the model cannot judge: the key stays, empty.
+                    top = (() if reasons else self.top_diagnoses(dx)) if diagnosis else None
+                    yield Prediction(path, p, threshold, reasons, top)

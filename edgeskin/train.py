@@ -183,7 +183,7 @@ def sample_weights(samples, on: bool) -> np.ndarray:
     """One loss weight per training image, mean 1.
 
     Within each source the two classes weigh the same, so a source's own
-    prevalence (HAM10000 is 82% benign, isic-binary 45%) can never become a
+    prevalence (HAM10000 is 82% benign, isic-binary 55%) can never become a
     cue for the label; across sources, each source's total weight grows with
     the square root of its size, so the largest set leads without drowning
     the others. One source alone: plain class balancing.
@@ -515,7 +515,7 @@ def _calibrate(net, arrays: _Arrays, run_dir: Path, options: TrainOptions) -> tu
         "val_nll_after": calibration.nll(z, y, temperature),
         "val_ece_before": calibration.expected_calibration_error(calibration.sigmoid(z), y),
         "val_ece_after": calibration.expected_calibration_error(p, y),
-        "per_source": _per_source(p, y, arrays, points, outputs),
+        "per_source": _per_source(p, y, arrays, points, outputs, options.model.diagnoses),
         **({"diagnoses": list(options.model.diagnoses),
             "diagnosis": _json_keys(diagnosis_report(outputs[1], arrays.dx_cal), options.model.diagnoses)} if options.model.diagnoses else {}),
     })
@@ -527,7 +527,7 @@ def _json_keys(report: dict, diagnoses=data.DIAGNOSES) -> dict:
     return {**report, "recall": {diagnoses[k]: v for k, v in report.get("recall", {}).items()}}
 
 
-def _per_source(p, y, arrays: _Arrays, points, outputs) -> dict:
+def _per_source(p, y, arrays: _Arrays, points, outputs, diagnoses=data.DIAGNOSES) -> dict:
     """Validation figures of each source on its own, so that a large source cannot hide a poor one."""
     screening = points[calibration.DEFAULT_OPERATING_POINT].threshold
     out = {}
@@ -539,7 +539,7 @@ def _per_source(p, y, arrays: _Arrays, points, outputs) -> dict:
             row.update(auc=_auc(p[m], y[m]), screening_sensitivity=sens, screening_specificity=spec,
                        ece=calibration.expected_calibration_error(p[m], y[m]))
         if isinstance(outputs, (list, tuple)) and len(outputs) > 1 and (arrays.dx_cal[m] >= 0).any():
-            row["diagnosis"] = _json_keys(diagnosis_report(np.asarray(outputs[1])[m], arrays.dx_cal[m]))
+            row["diagnosis"] = _json_keys(diagnosis_report(np.asarray(outputs[1])[m], arrays.dx_cal[m]), diagnoses)
         out[source] = row
     return out
 

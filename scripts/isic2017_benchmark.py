@@ -10,7 +10,9 @@ these have none):
   isic2017_unseen.csv   the same minus the test images that are also
                         isic-binary/train images (test_in_isic_binary.csv),
                         which any model trained on isic-binary (the
-                        previously shipped one) has seen.
+                        previously shipped one) has seen; evaluated with
+                        --run, the near-duplicates of the evaluated model's
+                        own training images leave too.
 """
 
 from __future__ import annotations

@@ -48,10 +48,12 @@ done
 for d in "${sets[@]}"; do
     if [ -f "$d/labels.csv" ] && [ -f "$d/test_in_isic_binary.csv" ]; then
         .venv/bin/python scripts/isic2017_benchmark.py "$d" --out models/benchmarks
-        for split in whole unseen; do
-            $edgeskin evaluate models/edgeskin_int8.tflite "models/benchmarks/isic2017_$split.csv" --no-robustness \
-                --compare "$compare" --out "models/benchmarks/isic2017_$split"
-        done
+        # whole: all 595, unfiltered, as the challenge's table was computed; unseen: less the images any
+        # isic-binary model trained on and, with --run, the near-duplicates of this model's own training images.
+        $edgeskin evaluate models/edgeskin_int8.tflite models/benchmarks/isic2017_whole.csv --no-robustness \
+            --compare "$compare" --out models/benchmarks/isic2017_whole
+        $edgeskin evaluate models/edgeskin_int8.tflite models/benchmarks/isic2017_unseen.csv --no-robustness \
+            --compare "$compare" --run models/training --out models/benchmarks/isic2017_unseen
     fi
 done
 $edgeskin predict "$data/test" --json > /tmp/edgeskin_predict_test.jsonl || true

@@ -95,3 +95,14 @@ def test_diagnosis_on_a_model_without_the_head_is_a_one_line_error(tiny_run):
     r = CliRunner().invoke(main, ["predict", str(path), "--model", str(tiny_run["tflite"]), "--diagnosis"])
     assert r.exit_code != 0 and "Traceback" not in r.output
     assert "no diagnosis head" in r.output
+
+
+def test_no_diagnosis_is_given_for_an_image_the_model_cannot_judge(tiny_dx_run, tmp_path):
+    from PIL import Image
+
+    flat = tmp_path / "flat.png"
+    Image.new("RGB", (64, 64), (128, 128, 128)).save(flat)
+    r = CliRunner().invoke(main, ["predict", str(flat), "--model", str(tiny_dx_run["tflite"]), "--diagnosis", "--json"])
+    assert r.exit_code == 0, r.output
+    row = json.loads(r.output)
+    assert row["usable"] is False and row["diagnosis"] == []

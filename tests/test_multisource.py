@@ -130,3 +130,14 @@ def test_the_time_budget_stops_fine_tuning_and_the_run_still_finishes(tmp_path, 
     assert phases.count("fine_tune") == 1 and "diagnosis_head" in phases
     assert (tmp_path / "run" / "model.keras").is_file()
     assert all(line.startswith("[") and " min] " in line for line in lines)
+
+
+def test_links_to_a_set_not_given_are_noted_and_a_short_row_is_a_clear_error(tmp_path):
+    other = write_class_folders(tmp_path / "other" / "train", 3, seed=4).parent
+    ham = _ham_like(tmp_path / "ham10000", {3: "isic-binary/train/benign/benign_4.jpg"})
+    ds = data.discover_many([other, ham])
+    assert any("isic-binary, which is not among the sources" in n for n in ds.notes)
+    with open(ham / "metadata.csv", "a") as f:
+        f.write("ISIC_9999999,HAM_9,nv\n")
+    with pytest.raises(data.DataError, match="one value per column"):
+        data.discover(ham)

@@ -43,7 +43,10 @@ def test_the_shipped_split_is_reproduced_by_train():
 
     config = json.loads((MODELS / "training" / "config.json").read_text())
     recorded = data.discover(MODELS / "training" / "splits.csv")
-    again = data.split_validation(data.discover(SHARED), config["options"]["val_fraction"], config["options"]["seed"])
+    # The sets the model was trained on, found beside the project under their own names.
+    sources = [SHARED.parent / Path(p).name for p in config["data"].split(" + ")]
+    again = data.split_validation(data.discover_many(sources), config["options"]["val_fraction"],
+                                  config["options"]["seed"])
     assert sorted(Path(s.path).resolve() for s in again.val) == sorted(Path(s.path).resolve() for s in recorded.val)
 
 
