@@ -377,32 +377,50 @@ def split_validation(
     train = list(data.train)
     check_classes(train, f"{data.source}: training data")
     if data.val:
-        h_train, h_val = hashes(train), hashes(data.val)
-        linked = _linked_to(data.val, train)
-        leaked = dedup.near_duplicates_of(h_val, h_train, max_distance) | np.array([s.path in linked for s in data.val])
-        val = tuple(s for s, bad in zip(data.val, leaked) if not bad)
-        check_classes(val, f"{data.source}: validation data")
-        report = dedup.cluster(h_train, max_distance)
-        note = (f"near-duplicates: {report.images_in_clusters} training images in {report.clusters} clusters; "
-                f"{int(leaked.sum())} val images near-duplicate a training image or share its group, "
-                "and were dropped from val")
-        return replace(data, val=val, notes=data.notes + (note,))
-
+        return _clean_given_val(data, train, max_distance)
     groups, report = _groups(train, hashes(train), max_distance)
+    val_idx = _carve(train, groups, fraction, seed)
+    new_train = tuple(s for i, s in enumerate(train) if i not in val_idx)
+    new_val = tuple(s for i, s in enumerate(train) if i in val_idx)
+    check_classes(new_train, "training split")
+    check_classes(new_val, "validation split")
+    note = (f"near-duplicates: {report.images_in_clusters} training images in {report.clusters} clusters "
+            f"({report.pairs} pairs within {max_distance}/{dedup.HASH_SIZE ** 2} bits), kept within one split")
+    return replace(data, train=new_train, val=new_val, notes=data.notes + (note,))
+
+
+def _clean_given_val(data: Dataset, train: list, max_distance: int) -> Dataset:
+    """The data's own val split, less the images that repeat or share a group with a training image."""
+    h_train, h_val = hashes(train), hashes(data.val)
+    linked = _linked_to(data.val, train)
+    leaked = dedup.near_duplicates_of(h_val, h_train, max_distance) | np.array([s.path in linked for s in data.val])
+    val = tuple(s for s, bad in zip(data.val, leaked) if not bad)
+    check_classes(val, f"{data.source}: validation data")
+    report = dedup.cluster(h_train, max_distance)
+    note = (f"near-duplicates: {report.images_in_clusters} training images in {report.clusters} clusters; "
+            f"{int(leaked.sum())} val images near-duplicate a training image or share its group, "
+            "and were dropped from val")
+    return replace(data, val=val, notes=data.notes + (note,))
+
+
+def _carve(train: list, groups: list[int], fraction: float, seed: int) -> set[int]:
+    """Indices of the validation images: whole groups, about fraction of each (source, class) stratum.
+
+    Stratified by source and class, so that validation and calibration draw
+    from every source in its own proportions and one large set cannot crowd
+    out a small one.
+    """
     rng = np.random.default_rng(seed)
-    by_label: dict[int, list[int]] = {}
     members: dict[int, list[int]] = {}
     for i, g in enumerate(groups):
         members.setdefault(g, []).append(i)
-    # Stratified by source and class, so that validation and calibration draw
-    # from every source in its own proportions and one large set cannot crowd
-    # out a small one.
+    by_stratum: dict[tuple, list[int]] = {}
     for g, idx in members.items():
         majority = Counter((train[i].source, train[i].label) for i in idx).most_common(1)[0][0]
-        by_label.setdefault(majority, []).append(g)
+        by_stratum.setdefault(majority, []).append(g)
     val_idx: set[int] = set()
-    for label in sorted(by_label):
-        gs = sorted(by_label[label])
+    for stratum in sorted(by_stratum):
+        gs = sorted(by_stratum[stratum])
         rng.shuffle(gs)
         target = round(fraction * sum(len(members[g]) for g in gs))
         taken = 0
@@ -411,13 +429,7 @@ def split_validation(
                 break
             val_idx.update(members[g])
             taken += len(members[g])
-    new_train = tuple(s for i, s in enumerate(train) if i not in val_idx)
-    new_val = tuple(s for i, s in enumerate(train) if i in val_idx)
-    check_classes(new_train, "training split")
-    check_classes(new_val, "validation split")
-    note = (f"near-duplicates: {report.images_in_clusters} training images in {report.clusters} clusters "
-            f"({report.pairs} pairs within {max_distance}/{dedup.HASH_SIZE ** 2} bits), kept within one split")
-    return replace(data, train=new_train, val=new_val, notes=data.notes + (note,))
+    return val_idx
 
 
 def held_out_test(data: Dataset, max_distance: int = dedup.DEFAULT_MAX_DISTANCE) -> tuple[tuple[Sample, ...], int]:

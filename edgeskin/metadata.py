@@ -209,6 +209,33 @@ def standard_metadata(info: dict) -> bytes:
 
     from edgeskin._vendor import metadata_schema_py_generated as md
 
+    image = _image_metadata(md, info)
+    outputs = {PROBABILITIES: _probabilities_metadata, DIAGNOSIS: _diagnosis_metadata}
+    subgraph = md.SubGraphMetadataT()
+    subgraph.inputTensorMetadata = [image]
+    # One entry per output tensor, in the file's own output order: readers
+    # pair them by position.
+    subgraph.outputTensorMetadata = [outputs[name](md, info) for name in info.get("output_tensors", [PROBABILITIES])]
+    extra = md.AssociatedFileT()
+    extra.name = INFO_FILE
+    extra.description = "edgeskin metadata: temperature, operating points, training data summary, export checks."
+    extra.type = md.AssociatedFileType.DESCRIPTIONS
+    model = md.ModelMetadataT()
+    model.name = info["name"]
+    model.description = info["description"]
+    model.version = info["version"]
+    model.author = AUTHOR
+    model.license = LICENSE
+    model.subgraphMetadata = [subgraph]
+    model.associatedFiles = [extra]
+    model.minParserVersion = "1.0.0"  # nothing newer than schema 1.0.0 is used
+    builder = flatbuffers.Builder(1024)
+    builder.Finish(model.Pack(builder), b"M001")
+    return bytes(builder.Output())
+
+
+def _image_metadata(md, info: dict):
+    """The input: an RGB image of the model's size, raw 0-255 pixels."""
     size = int(info["input"]["size"])
     image = md.TensorMetadataT()
     image.name = "image"
@@ -232,29 +259,7 @@ def standard_metadata(info: dict) -> bytes:
         image.processUnits = [unit]
     image.stats = md.StatsT()
     image.stats.max, image.stats.min = [255.0], [0.0]
-
-    outputs = {PROBABILITIES: _probabilities_metadata, DIAGNOSIS: _diagnosis_metadata}
-    subgraph = md.SubGraphMetadataT()
-    subgraph.inputTensorMetadata = [image]
-    # One entry per output tensor, in the file's own output order: readers
-    # pair them by position.
-    subgraph.outputTensorMetadata = [outputs[name](md, info) for name in info.get("output_tensors", [PROBABILITIES])]
-    extra = md.AssociatedFileT()
-    extra.name = INFO_FILE
-    extra.description = "edgeskin metadata: temperature, operating points, training data summary, export checks."
-    extra.type = md.AssociatedFileType.DESCRIPTIONS
-    model = md.ModelMetadataT()
-    model.name = info["name"]
-    model.description = info["description"]
-    model.version = info["version"]
-    model.author = AUTHOR
-    model.license = LICENSE
-    model.subgraphMetadata = [subgraph]
-    model.associatedFiles = [extra]
-    model.minParserVersion = "1.0.0"  # nothing newer than schema 1.0.0 is used
-    builder = flatbuffers.Builder(1024)
-    builder.Finish(model.Pack(builder), b"M001")
-    return bytes(builder.Output())
+    return image
 
 
 def _diagnosis_metadata(md, info: dict):

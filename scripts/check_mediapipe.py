@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     from mediapipe.tasks.python import vision
     from mediapipe.tasks.python.core.base_options import BaseOptions
 
-    from edgeskin.imageio import find_images, load_rgb
+    from edgeskin.imageio import find_images
     from edgeskin.runtime import Classifier
 
     ours = Classifier(args.model)
@@ -50,33 +50,38 @@ def main(argv=None) -> int:
         paths = [paths[i] for i in np.linspace(0, len(paths) - 1, args.limit).round().astype(int)]
     with vision.ImageClassifier.create_from_options(options) as classifier:
         for path in paths:
-            pixels = load_rgb(path, ours.image_size)
-            image = mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels))
-            result = classifier.classify(image)
-            heads = {h.head_name: h for h in result.classifications}
-            # The decision is the head named "probabilities" (head 0); older
-            # single-head files name no head, so fall back on the first.
-            primary = heads.get("probabilities", result.classifications[0])
-            categories = {c.category_name: c.score for c in primary.categories}
-            ref, dx = ours.scores(pixels)
-            if dx is not None:
-                # edgeskin renormalises the int8 steps to sum to 1; MediaPipe reports the raw outputs.
-                worst = max(worst, _diagnosis_difference(heads, ours, ours.raw_outputs(pixels)[1], path))
-            if "malignant" not in categories:
-                # MediaPipe drops a category whose score is exactly 0, whatever
-                # the threshold; that is only a match if edgeskin also says 0.
-                diff = ref
-                worst = max(worst, diff)
-                print(f"{path}: mediapipe malignant not returned (score 0)  edgeskin {ref:.6f}  |diff| {diff:.6f}")
-                continue
-            diff = abs(categories["malignant"] - ref)
-            worst = max(worst, diff)
-            print(f"{path}: mediapipe malignant {categories['malignant']:.6f}  edgeskin {ref:.6f}  |diff| {diff:.6f}")
+            worst = max(worst, _compare_one(mp, classifier, ours, path))
     calibrated = "with" if ours.score_calibration else "without"
     verdict = "PASS" if worst <= args.tolerance else "FAIL"
     print(f"{verdict}: largest difference {worst:.6f} over {len(paths)} images (tolerance {args.tolerance}; "
           f"model {calibrated} score calibration)")
     return 0 if verdict == "PASS" else 1
+
+
+def _compare_one(mp, classifier, ours, path) -> float:
+    """The largest difference between MediaPipe and edgeskin on one image, both heads; printed."""
+    from edgeskin.imageio import load_rgb
+
+    pixels = load_rgb(path, ours.image_size)
+    result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels)))
+    heads = {h.head_name: h for h in result.classifications}
+    # The decision is the head named "probabilities" (head 0); older
+    # single-head files name no head, so fall back on the first.
+    primary = heads.get("probabilities", result.classifications[0])
+    categories = {c.category_name: c.score for c in primary.categories}
+    ref, dx = ours.scores(pixels)
+    worst = 0.0
+    if dx is not None:
+        # edgeskin renormalises the int8 steps to sum to 1; MediaPipe reports the raw outputs.
+        worst = _diagnosis_difference(heads, ours, ours.raw_outputs(pixels)[1], path)
+    if "malignant" not in categories:
+        # MediaPipe drops a category whose score is exactly 0, whatever
+        # the threshold; that is only a match if edgeskin also says 0.
+        print(f"{path}: mediapipe malignant not returned (score 0)  edgeskin {ref:.6f}  |diff| {ref:.6f}")
+        return max(worst, ref)
+    diff = abs(categories["malignant"] - ref)
+    print(f"{path}: mediapipe malignant {categories['malignant']:.6f}  edgeskin {ref:.6f}  |diff| {diff:.6f}")
+    return max(worst, diff)
 
 
 def _diagnosis_difference(heads: dict, ours, dx, path) -> float:
