@@ -354,7 +354,12 @@ def _operating_points(result: dict, info: dict) -> list[str]:
     if checks:
         lines += ["", f"Quantization check on the calibration split: float AUC {checks.get('float_auc', float('nan')):.4f}, "
                       f"{model.get('quantization')} AUC {checks.get('auc', float('nan')):.4f}; screening decisions agree on "
-                      f"{checks.get('screening_decision_agreement', float('nan')):.1%} of images."]
+                      f"{checks.get('screening_decision_agreement', float('nan')):.1%} of images; the export allowed an "
+                      f"AUC drop of at most {checks.get('max_auc_drop', float('nan')):g}"
+                      + (f"; the int8 diagnosis head names the float model's top diagnosis on "
+                         f"{checks['diagnosis_top1_agreement']:.1%} of the pool (at least "
+                         f"{checks.get('min_diagnosis_agreement', float('nan')):.0%} required)"
+                         if "diagnosis_top1_agreement" in checks else "") + "."]
     return lines
 
 

@@ -142,14 +142,18 @@ def audit(data, out, split, bootstrap):
 @click.option("--representative-images", type=click.IntRange(1), default=300, show_default=True)
 @click.option("--max-auc-drop", type=click.FloatRange(0.0, 1.0), default=0.01, show_default=True,
               help="Fail if the exported model's calibration-split AUC falls further below the float model's.")
+@click.option("--min-diagnosis-agreement", type=click.FloatRange(0.0, 1.0), default=0.9, show_default=True,
+              help="Fail if the exported diagnosis head names the float model's top diagnosis on a smaller share "
+                   "of the calibration split.")
 @_friendly
-def export(source, quantization, out, representative_images, max_auc_drop):
+def export(source, quantization, out, representative_images, max_auc_drop, min_diagnosis_agreement):
     """Export a trained run to a TFLite model that carries its own metadata.
 
     SOURCE is a run folder written by `edgeskin train` (or a .keras model
     inside one). The exported model is checked against the float model on
     the run's calibration split; the command fails if the int8 AUC drops by
-    more than 0.01.
+    more than --max-auc-drop, or if its diagnosis head agrees with the float
+    one on less than --min-diagnosis-agreement of the images.
 
     Example: edgeskin export runs/isic --int8 --out models/edgeskin_int8.tflite
     """
@@ -160,7 +164,7 @@ def export(source, quantization, out, representative_images, max_auc_drop):
     folder = Path(source) if Path(source).is_dir() else Path(source).parent
     out = out or folder / f"edgeskin_{quantization}.tflite"
     options = ExportOptions(quantization=quantization, representative_images=representative_images,
-                            max_auc_drop=max_auc_drop)
+                            max_auc_drop=max_auc_drop, min_diagnosis_agreement=min_diagnosis_agreement)
     result = run_export(source, out, options, log=click.echo)
     click.echo(f"calibration split AUC: float {result.float_auc:.4f}, {quantization} {result.auc:.4f}; "
                f"screening decisions agree on {result.agreement:.1%}")
@@ -168,9 +172,9 @@ def export(source, quantization, out, representative_images, max_auc_drop):
         click.echo(f"  {name:<10} threshold {point['threshold']:.4f}  sensitivity {point['sensitivity']:.3f}  "
                    f"specificity {point['specificity']:.3f}")
     if not result.passed:
-        why = (f"AUC fell more than {options.max_auc_drop} below float" if result.auc < result.float_auc - options.max_auc_drop
-               else f"its diagnosis head agreed with the float model's on less than {options.min_diagnosis_agreement:.0%}")
-        raise click.ClickException(f"{quantization} {why}; kept aside as {result.path}")
+        why = (f"AUC fell more than {options.max_auc_drop} below the float model's" if result.auc < result.float_auc - options.max_auc_drop
+               else f"diagnosis head agreed with the float model's on less than {options.min_diagnosis_agreement:.0%} of images")
+        raise click.ClickException(f"the {quantization} model's {why}; kept aside as {result.path}")
     click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB) and {result.path.with_suffix('.json')}")
 
 

@@ -81,7 +81,8 @@ def _run_parts(source: Path):
     run = train_lib.load_run(run_dir)
     keras_path = source if source.is_file() else run_dir / "model.keras"
     splits = data.discover(run_dir / "splits.csv")
-    return model_lib.load(keras_path), run, splits
+    # Runs saved before the diagnosis logits were centred get it here; the probabilities are unchanged.
+    return model_lib.centre_diagnosis_logits(model_lib.load(keras_path)), run, splits
 
 
 def _primary_first(tflite: bytes) -> bytes:

@@ -106,3 +106,20 @@ def test_no_diagnosis_is_given_for_an_image_the_model_cannot_judge(tiny_dx_run, 
     assert r.exit_code == 0, r.output
     row = json.loads(r.output)
     assert row["usable"] is False and row["diagnosis"] == []
+
+
+def test_centring_the_diagnosis_logits_changes_no_probability(tiny_dx_run):
+    from edgeskin import model as model_lib
+
+    serving = model_lib.load(tiny_dx_run["run"] / "model.keras")
+    layer = serving.get_layer("diagnosis")
+    w, b = layer.get_weights()
+    layer.set_weights([w + 40.0, b - 7.0])  # a large shared part, as Adam leaves behind
+    x = np.stack([load_rgb(p, 64) for p in _test_images(tiny_dx_run, 4)]).astype(np.float32)
+    before = serving.predict(x, verbose=0)
+    model_lib.centre_diagnosis_logits(serving)
+    after = serving.predict(x, verbose=0)
+    np.testing.assert_allclose(after[1], before[1], atol=1e-5)
+    np.testing.assert_allclose(after[0], before[0], atol=1e-6)
+    w2, b2 = serving.get_layer("diagnosis").get_weights()
+    assert np.abs(w2.mean(axis=1)).max() < 1e-4 and abs(float(b2.mean())) < 1e-4
