@@ -119,7 +119,8 @@ def test_centring_the_diagnosis_logits_changes_no_probability(tiny_dx_run):
     before = serving.predict(x, verbose=0)
     model_lib.centre_diagnosis_logits(serving)
     after = serving.predict(x, verbose=0)
-    np.testing.assert_allclose(after[1], before[1], atol=1e-5, rtol=1e-4)
+    # float32: the shared term is hundreds, so the two agree to about 1e-4, not exactly.
+    np.testing.assert_allclose(after[1], before[1], atol=5e-4)
     np.testing.assert_allclose(after[0], before[0], atol=1e-6)
     w2, b2 = serving.get_layer("diagnosis").get_weights()
     assert np.abs(w2.mean(axis=1)).max() < 1e-4 and abs(float(b2.mean())) < 1e-4
