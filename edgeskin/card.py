@@ -20,16 +20,14 @@ DISCLAIMER = (
 ISIC2017_PUBLISHED_MELANOMA_AUC = (("RECOD Titans", 0.874), ("Casio and Shinshu University", 0.868))
 
 
-def _fmt(v, fmt="{:.3f}") -> str:
+def format_value(v, fmt="{:.3f}") -> str:
+    """A figure as text, "n/a" for a missing one."""
     return "n/a" if v is None else fmt.format(v)
 
 
 def _ci(entry, fmt="{:.3f}") -> str:
-    def f(v):
-        return "n/a" if v is None else fmt.format(v)
-
     lo, hi = entry["ci95"]
-    return f"{f(entry['value'])} ({f(lo)}–{f(hi)})"
+    return f"{format_value(entry['value'], fmt)} ({format_value(lo, fmt)}–{format_value(hi, fmt)})"
 
 
 def render(result: dict, info: dict, config: dict | None = None, figure_dir: str = "figures") -> str:
@@ -47,7 +45,7 @@ def render(result: dict, info: dict, config: dict | None = None, figure_dir: str
         _data(result, training, config),
         _training(training, config),
         _results(result),
-        _sets(result),
+        sets_section(result),
         _operating_points(result, info),
         _diagnosis_head(result, figure_dir),
         _robustness(result),
@@ -128,8 +126,8 @@ def _sources(config: dict) -> list[str]:
                   "diagnosis balanced accuracy |", "  |---|---|---|---|---|---|---|"]
         for name, r in val.items():
             dx = r.get("diagnosis", {}).get("balanced_accuracy")
-            lines.append(f"  | `{name}` | {r['images']} | {_fmt(r.get('auc'))} | {_fmt(r.get('screening_sensitivity'))} | "
-                         f"{_fmt(r.get('screening_specificity'))} | {_fmt(r.get('ece'))} | {_fmt(dx)} |")
+            lines.append(f"  | `{name}` | {r['images']} | {format_value(r.get('auc'))} | {format_value(r.get('screening_sensitivity'))} | "
+                         f"{format_value(r.get('screening_specificity'))} | {format_value(r.get('ece'))} | {format_value(dx)} |")
         lines.append("")
     return lines
 
@@ -251,7 +249,7 @@ def _is_isic2017(name: str) -> bool:
     return re.sub(r"[^a-z0-9]", "", name.lower()).startswith("isic2017")
 
 
-def _sets(result: dict) -> list[str]:
+def sets_section(result: dict) -> list[str]:
     sets = result.get("sets")
     if not sets:
         return []
@@ -311,11 +309,11 @@ def _diagnosis_head(result: dict, figure_dir: str) -> list[str]:
     if not measured:
         return lines + ["", "No test set here records diagnoses the model knows, so the head is not measured on this card."]
     for name, entry in measured.items():
-        lines += ["", f"### {name}" + (" (primary set)" if entry.get("primary") else "")] + _diagnosis_set(entry, figure_dir)
+        lines += ["", f"### {name}" + (" (primary set)" if entry.get("primary") else "")] + diagnosis_section(entry, figure_dir)
     return lines
 
 
-def _diagnosis_set(entry: dict, figure_dir: str) -> list[str]:
+def diagnosis_section(entry: dict, figure_dir: str) -> list[str]:
     dx = entry["diagnosis"]
     lines = [f"- {dx['images']} of {entry['metrics']['n']} evaluated images counted "
              f"({dx['images_without_known_diagnosis']} have no diagnosis or one the model does not know).",
@@ -329,7 +327,7 @@ def _diagnosis_set(entry: dict, figure_dir: str) -> list[str]:
     lines += ["", "| diagnosis | images | predicted | recall | precision |", "|---|---|---|---|---|"]
     for name, c in dx["per_class"].items():
         if c["support"] or c["predicted"]:
-            lines.append(f"| {name} | {c['support']} | {c['predicted']} | {_fmt(c['recall'])} | {_fmt(c['precision'])} |")
+            lines.append(f"| {name} | {c['support']} | {c['predicted']} | {format_value(c['recall'])} | {format_value(c['precision'])} |")
     if dx.get("figure"):
         lines += ["", f"![diagnosis confusion matrix]({figure_dir}/{Path(dx['figure']).name})"]
     return lines

@@ -165,36 +165,39 @@ def _copy_of(row: dict) -> list[str]:
     return [other] if other else []
 
 
-def _ham10000(root: Path) -> Dataset:
-    """HAM10000 as published: lesion ids are groups, the given lesion-level split is kept."""
-    rows = _rows(root / "metadata.csv", ("image_id", "lesion_id", "dx", "label", "split"))
-    splits: dict[str, list[Sample]] = {name: [] for name in SPLITS}
+def _published(root: Path, table: str, split_column: str, lesion_of, split_of=lambda split: split,
+               also_needed: tuple[str, ...] = ()) -> Dataset:
+    """A set as its publisher laid it out: images/<image_id>.jpg and one metadata row an image.
+
+    lesion_of(row, name) gives the row's own group key; a copy of another
+    set's image (same_as_isic_binary) joins its group too.
+    """
+    name = root.resolve().name
+    rows = _rows(root / table, ("image_id", "dx", "label", split_column) + also_needed)
+    splits: dict[str, list[Sample]] = {split: [] for split in SPLITS}
     for n, row in enumerate(rows, start=2):
-        where = f"{root / 'metadata.csv'}:{n}"
-        split = row["split"].strip().lower()
+        where = f"{root / table}:{n}"
+        split = split_of(row[split_column].strip().lower())
         if split not in SPLITS:
             raise DataError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-        group = GROUP_SEPARATOR.join([row["lesion_id"].strip()] + _copy_of(row))
+        group = GROUP_SEPARATOR.join([lesion_of(row, name)] + _copy_of(row))
         splits[split].append(Sample(str(root / "images" / f"{row['image_id']}.jpg"), parse_label(row["label"], where),
-                                    group, parse_dx(row["dx"], where), root.name))
-    return Dataset(str(root), *(tuple(splits[name]) for name in SPLITS))
+                                    group, parse_dx(row["dx"], where), name))
+    return Dataset(str(root), *(tuple(splits[split]) for split in SPLITS))
+
+
+def _ham10000(root: Path) -> Dataset:
+    """HAM10000 as published: lesion ids are groups, the given lesion-level split is kept."""
+    return _published(root, "metadata.csv", "split", lambda row, _: row["lesion_id"].strip(),
+                      also_needed=("lesion_id",))
 
 
 def _isic2017(root: Path) -> Dataset:
     """The ISIC 2017 challenge set: the official test split stays test; its small
     official val split joins train, so that validation is drawn, like every
-    other source's, from the training pool."""
-    rows = _rows(root / "labels.csv", ("image_id", "dx", "label", "official_split"))
-    splits: dict[str, list[Sample]] = {name: [] for name in SPLITS}
-    for n, row in enumerate(rows, start=2):
-        where = f"{root / 'labels.csv'}:{n}"
-        split = {"val": "train"}.get(row["official_split"].strip().lower(), row["official_split"].strip().lower())
-        if split not in SPLITS:
-            raise DataError(f"{where}: split {split!r} is not one of {', '.join(SPLITS)}")
-        group = GROUP_SEPARATOR.join([f"{root.name}/{row['image_id']}"] + _copy_of(row))
-        splits[split].append(Sample(str(root / "images" / f"{row['image_id']}.jpg"), parse_label(row["label"], where),
-                                    group, parse_dx(row["dx"], where), root.name))
-    return Dataset(str(root), *(tuple(splits[name]) for name in SPLITS))
+    other source's, from the training pool. No lesion ids: each image is its own group."""
+    return _published(root, "labels.csv", "official_split", lambda row, name: f"{name}/{row['image_id']}",
+                      lambda split: "train" if split == "val" else split)
 
 
 def discover(source) -> Dataset:

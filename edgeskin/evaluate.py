@@ -24,6 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeskin import calibration, data, figures, metrics
+from edgeskin.card import format_value
 
 METRICS_FILE = "metrics.json"
 CARD_FILE = "MODEL_CARD.md"
@@ -519,13 +520,9 @@ def _check_history(path: Path) -> None:
         raise EvaluationError(f"{path}: not a training history (missing {', '.join(sorted(missing))})")
 
 
-def _fmt(v, fmt="{:.3f}") -> str:
-    return "n/a" if v is None else fmt.format(v)
-
-
 def _ci_text(entry, fmt="{:.3f}") -> str:
     lo, hi = entry["ci95"]
-    return f"{_fmt(entry['value'], fmt)} [{_fmt(lo, fmt)}, {_fmt(hi, fmt)}]"
+    return f"{format_value(entry['value'], fmt)} [{format_value(lo, fmt)}, {format_value(hi, fmt)}]"
 
 
 def table(result: dict) -> str:
@@ -588,7 +585,7 @@ def diagnosis_lines(result: dict) -> list[str]:
                          f"   top-3 accuracy {_ci_text(cdx['top3_accuracy'])}")
         for dname, c in dx["per_class"].items():
             if c["support"] or c["predicted"]:
-                lines.append(f"    {dname:<6} n={c['support']:<6} recall {_fmt(c['recall'])}   precision {_fmt(c['precision'])}")
+                lines.append(f"    {dname:<6} n={c['support']:<6} recall {format_value(c['recall'])}   precision {format_value(c['precision'])}")
     return lines
 
 
@@ -599,9 +596,9 @@ def sets_table(result: dict) -> list[str]:
 
     def row(label, m, dx):
         _, pt = screening_point(m["thresholds"])
-        balanced, top3 = (_fmt(dx["balanced_accuracy"]["value"]), _fmt(dx["top3_accuracy"]["value"])) if dx else ("", "")
-        return (f"  {label:<20}{m['n']:>7}  {_ci_text(m['roc_auc']):<22}{_fmt(pt['sensitivity']['value']):>11}"
-                f"{_fmt(pt['specificity']['value']):>7}{_fmt(m['ece']['value']):>7}{balanced:>11}{top3:>7}")
+        balanced, top3 = (format_value(dx["balanced_accuracy"]["value"]), format_value(dx["top3_accuracy"]["value"])) if dx else ("", "")
+        return (f"  {label:<20}{m['n']:>7}  {_ci_text(m['roc_auc']):<22}{format_value(pt['sensitivity']['value']):>11}"
+                f"{format_value(pt['specificity']['value']):>7}{format_value(m['ece']['value']):>7}{balanced:>11}{top3:>7}")
 
     for name, entry in result["sets"].items():
         lines.append(row(name, entry["metrics"], entry.get("diagnosis")))

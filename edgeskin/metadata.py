@@ -262,43 +262,42 @@ def _image_metadata(md, info: dict):
     return image
 
 
-def _diagnosis_metadata(md, info: dict):
-    """The second head: diagnosis probabilities with their label file, no threshold."""
+def _probability_tensor(md, name: str, description: str, label_file: str, label_description: str):
+    """An output of probabilities in [0, 1] whose categories are named, one per line, in label_file."""
     out = md.TensorMetadataT()
-    out.name = DIAGNOSIS
-    out.description = (f"Probabilities of the diagnoses {', '.join(info['diagnoses'])} (HAM10000 names). "
-                       "An aid to reading the case; the benign/malignant output is the decision.")
+    out.name = name
+    out.description = description
     out.content = md.ContentT()
     out.content.contentPropertiesType = md.ContentProperties.FeatureProperties
     out.content.contentProperties = md.FeaturePropertiesT()
     out.stats = md.StatsT()
     out.stats.max, out.stats.min = [1.0], [0.0]
     labels = md.AssociatedFileT()
-    labels.name = DIAGNOSIS_LABEL_FILE
-    labels.description = "Diagnosis labels, one per line, in output order."
+    labels.name = label_file
+    labels.description = label_description
     labels.type = md.AssociatedFileType.TENSOR_AXIS_LABELS
     out.associatedFiles = [labels]
     return out
 
 
+def _diagnosis_metadata(md, info: dict):
+    """The second head: diagnosis probabilities with their label file, no threshold."""
+    return _probability_tensor(
+        md, DIAGNOSIS,
+        f"Probabilities of the diagnoses {', '.join(info['diagnoses'])} (HAM10000 names). "
+        "An aid to reading the case; the benign/malignant output is the decision.",
+        DIAGNOSIS_LABEL_FILE, "Diagnosis labels, one per line, in output order.")
+
+
 def _probabilities_metadata(md, info: dict):
     """The primary head: [benign, malignant], its Platt map and its screening threshold."""
-    out = md.TensorMetadataT()
-    out.name = PROBABILITIES
     point = info["operating_points"][info["default_operating_point"]]
-    out.description = (f"Probabilities of {', '.join(info['labels'])}, calibrated by the Platt map in "
-                       f"{CALIBRATION_FILE} when present. Malignant when its "
-                       f"probability >= {point['threshold']:.4f}, the '{info['default_operating_point']}' operating point.")
-    out.content = md.ContentT()
-    out.content.contentPropertiesType = md.ContentProperties.FeatureProperties
-    out.content.contentProperties = md.FeaturePropertiesT()
-    out.stats = md.StatsT()
-    out.stats.max, out.stats.min = [1.0], [0.0]
-    labels = md.AssociatedFileT()
-    labels.name = LABEL_FILE
-    labels.description = "Output category labels, one per line, in output order."
-    labels.type = md.AssociatedFileType.TENSOR_AXIS_LABELS
-    out.associatedFiles = [labels]
+    out = _probability_tensor(
+        md, PROBABILITIES,
+        f"Probabilities of {', '.join(info['labels'])}, calibrated by the Platt map in {CALIBRATION_FILE} when "
+        f"present. Malignant when its probability >= {point['threshold']:.4f}, the "
+        f"'{info['default_operating_point']}' operating point.",
+        LABEL_FILE, "Output category labels, one per line, in output order.")
     out.processUnits = []
     if info.get("score_calibration"):
         # Platt scaling as standard metadata: MediaPipe Tasks and the Task

@@ -211,12 +211,6 @@ class Classifier:
         # int8 steps can leave the sum a step or two away from 1.
         return float(np.mean(malignant)), p / p.sum() if p.sum() > 0 else p
 
-    def diagnosis_probabilities(self, pixels: np.ndarray, tta: bool = False) -> np.ndarray:
-        """One image in, the probability of each of self.diagnoses out."""
-        if self._diagnosis is None:
-            raise RuntimeModelError(f"{self.path}: this model has no diagnosis head")
-        return self.scores(pixels, tta)[1]
-
     def top_diagnoses(self, probabilities: np.ndarray, k: int = TOP_DIAGNOSES) -> tuple[tuple[str, float], ...]:
         """The k most probable diagnoses as (dx, probability), most probable first."""
         order = np.argsort(-np.asarray(probabilities), kind="stable")[:k]

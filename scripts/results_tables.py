@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgeskin.card import _diagnosis_set, _sets, robustness_rows  # noqa: E402
+from edgeskin.card import diagnosis_section, robustness_rows, sets_section  # noqa: E402
 
 
 def _ci(e) -> str:
@@ -69,11 +69,11 @@ def main() -> int:
         print(f"\nRobustness, `{result['compare']['model']['name']}`:\n")
         print("\n".join(robustness_rows(result["compare"]["robustness"])))
     if len(result.get("sets", {})) > 1:
-        print("\n" + "\n".join(_sets(result)[2:]))
+        print("\n" + "\n".join(sets_section(result)[2:]))
     for name, entry in result.get("sets", {}).items():
         if "diagnosis" in entry:
             print(f"\nDiagnosis head on {name}:\n")
-            print("\n".join(line for line in _diagnosis_set(entry, "figures") if not line.startswith("![")))
+            print("\n".join(line for line in diagnosis_section(entry, "figures") if not line.startswith("![")))
     for path in args.more:
         print("\n".join(further(path)))
     return 0
