@@ -336,13 +336,16 @@ def embed_for_apps(model: bytes, info: dict) -> bytes:
     buf.write(flat)
     # Appending a zip to the flatbuffer is how the metadata spec packs
     # associated files; stored, not deflated, so readers can map them.
+    files = {LABEL_FILE: "\n".join(info["labels"]) + "\n"}
+    if info.get("diagnoses"):
+        files[DIAGNOSIS_LABEL_FILE] = "\n".join(info["diagnoses"]) + "\n"
+    files[INFO_FILE] = text + "\n"
+    if info.get("score_calibration"):
+        files[CALIBRATION_FILE] = calibration_lines(info)
     with zipfile.ZipFile(buf, "a", compression=zipfile.ZIP_STORED) as zf:
-        zf.writestr(LABEL_FILE, "\n".join(info["labels"]) + "\n")
-        if info.get("diagnoses"):
-            zf.writestr(DIAGNOSIS_LABEL_FILE, "\n".join(info["diagnoses"]) + "\n")
-        zf.writestr(INFO_FILE, text + "\n")
-        if info.get("score_calibration"):
-            zf.writestr(CALIBRATION_FILE, calibration_lines(info))
+        for name, content in files.items():
+            # A fixed date: the same model and metadata give the same bytes on every export.
+            zf.writestr(zipfile.ZipInfo(name, date_time=(1980, 1, 1, 0, 0, 0)), content)
     return buf.getvalue()
 
 
