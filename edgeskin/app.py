@@ -56,7 +56,7 @@ def read_upload(name: str, raw: bytes, size: int, with_size: bool = False):
 
     Nothing touches the disk.
     """
-    from edgeskin.imageio import ImageError, open_rgb, to_model_input
+    from edgeskin.runtime.imageio import ImageError, open_rgb, to_model_input
 
     if len(raw) > MAX_UPLOAD_MB * 1024 * 1024:
         return None, f"{name}: larger than {MAX_UPLOAD_MB} MB"
@@ -70,7 +70,7 @@ def read_upload(name: str, raw: bytes, size: int, with_size: bool = False):
 
 def cannot_judge(reasons) -> str:
     """The message shown in place of a risk level when the gate sets an image aside."""
-    from edgeskin.gate import REASON_TEXT
+    from edgeskin.runtime.gate import REASON_TEXT
 
     return "Cannot judge this photo: " + "; ".join(REASON_TEXT.get(r, r) for r in reasons) + ". Retake it."
 
@@ -103,7 +103,7 @@ def _keras_model(st, path: str):
     @st.cache_resource
     def load(p: str):
         try:
-            from edgeskin import model as model_lib
+            from edgeskin.training import model as model_lib
 
             return model_lib.load(p)
         except Exception:  # no TensorFlow in this environment: no Grad-CAM
@@ -204,7 +204,7 @@ def _one_upload(st, clf, upload, threshold: float, suspicious_at: float, net, op
     left, right = st.columns(2)
     left.image(pixels, caption=upload.name, width="stretch")
     if net is not None:
-        from edgeskin import explain
+        from edgeskin.training import explain
 
         heat, _ = explain.gradcam(net, pixels)
         right.image(explain.overlay(pixels, heat, opacity), caption="Grad-CAM: regions that raised the score",

@@ -25,7 +25,7 @@ def _friendly(fn):
 
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        from edgeskin.imageio import ImageError
+        from edgeskin.runtime.imageio import ImageError
 
         try:
             return fn(*args, **kwargs)
@@ -84,9 +84,9 @@ def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size,
 
     Example: edgeskin train ../shared/data/isic-binary ../shared/data/ham10000 --out runs/multi --seed 42
     """
-    from edgeskin.augment import AugmentOptions
-    from edgeskin.model import ModelOptions
-    from edgeskin.train import TrainOptions, train as run_training
+    from edgeskin.data.augment import AugmentOptions
+    from edgeskin.training.model import ModelOptions
+    from edgeskin.training.train import TrainOptions, train as run_training
 
     options = TrainOptions(
         model=ModelOptions(image_size=image_size, alpha=float(alpha), weights=weights),
@@ -122,8 +122,8 @@ def audit(data, out, split, bootstrap):
 
     Example: edgeskin audit ../shared/data/isic-binary ../shared/data/ham10000 --split train --out audit
     """
-    from edgeskin import audit as audit_lib
-    from edgeskin import data as data_lib
+    from edgeskin.data import audit as audit_lib
+    from edgeskin.data import sets as data_lib
 
     ds = data_lib.discover_many(data)
     parts = {name: ds.split(name) for name in data_lib.SPLITS if split in ("all", name)}
@@ -159,7 +159,7 @@ def export(source, quantization, out, representative_images, max_auc_drop, min_d
     """
     from pathlib import Path
 
-    from edgeskin.export import ExportOptions, export as run_export
+    from edgeskin.training.export import ExportOptions, export as run_export
 
     folder = Path(source) if Path(source).is_dir() else Path(source).parent
     out = out or folder / f"edgeskin_{quantization}.tflite"
@@ -204,7 +204,7 @@ def predict(paths, model, threshold, operating_point, as_json, threads, tta, no_
 
     Example: edgeskin predict data/samples/ --threshold 0.4 --diagnosis --json
     """
-    from edgeskin.imageio import find_images
+    from edgeskin.runtime.imageio import find_images
     from edgeskin.runtime import Classifier
 
     classifier = Classifier(model, num_threads=threads)
@@ -224,7 +224,7 @@ def predict(paths, model, threshold, operating_point, as_json, threads, tta, no_
 
 
 def _readable(result) -> str:
-    from edgeskin.gate import REASON_TEXT
+    from edgeskin.runtime.gate import REASON_TEXT
 
     if not hasattr(result, "label"):
         return f"{result.path}: error: {result.error}"
@@ -260,7 +260,7 @@ def calibrate(model, data, out, target_sensitivity, folds, bootstrap):
 
     Example: edgeskin calibrate models/edgeskin_int8.tflite clinic_images/ --out clinic.tflite
     """
-    from edgeskin.site import SiteOptions, calibrate as run_calibration, summary
+    from edgeskin.reporting.site import SiteOptions, calibrate as run_calibration, summary
 
     def progress(items, n):
         with click.progressbar(items, length=n, label="scoring", file=sys.stderr) as bar:
@@ -299,7 +299,7 @@ def evaluate(model, data, threshold, out, compare, run_dir, bootstrap, robustnes
     """
     from pathlib import Path
 
-    from edgeskin.evaluate import evaluate as run_evaluation, table
+    from edgeskin.reporting.evaluate import evaluate as run_evaluation, table
 
     def progress(items, n):
         with click.progressbar(items, length=n, label="scoring", file=sys.stderr) as bar:
@@ -325,9 +325,9 @@ def explain(images, model, out, opacity):
     """
     from pathlib import Path
 
-    from edgeskin import explain as explain_lib
-    from edgeskin import model as model_lib
-    from edgeskin.imageio import ImageError, find_images
+    from edgeskin.training import explain as explain_lib
+    from edgeskin.training import model as model_lib
+    from edgeskin.runtime.imageio import ImageError, find_images
     from edgeskin.runtime import default_model
 
     keras_path = Path(model) if model else default_model("edgeskin.keras")

@@ -26,7 +26,7 @@ def main() -> int:
     ap.add_argument("--n", type=int, default=200)
     args = ap.parse_args()
 
-    from edgeskin.imageio import find_images, open_rgb, to_model_input
+    from edgeskin.runtime.imageio import find_images, open_rgb, to_model_input
     from edgeskin.runtime import Classifier
 
     clf = Classifier(args.model, num_threads=1)

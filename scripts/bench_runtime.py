@@ -55,8 +55,8 @@ def _throughput(model: Path, images: list[Path], threads: int, ours: bool) -> fl
     """Images per second over a folder, from file to probability."""
     from concurrent.futures import ThreadPoolExecutor
 
-    from edgeskin.imageio import load_rgb
-    from edgeskin.runtime import Classifier, _interpreter_class
+    from edgeskin.runtime.imageio import load_rgb
+    from edgeskin.runtime.classifier import Classifier, _interpreter_class
 
     start = time.perf_counter()
     if ours:
@@ -80,7 +80,7 @@ def measure(name: str, model: Path, images: list[Path], runs: int) -> dict:
     """Everything for one model (runs in its own process)."""
     import resource
 
-    from edgeskin.runtime import _interpreter_class
+    from edgeskin.runtime.classifier import _interpreter_class
 
     cls = _interpreter_class()
     ours = name.startswith("edgeskin")
@@ -102,7 +102,7 @@ def main(argv=None) -> int:
     parser.add_argument("--one", nargs=2, metavar=("NAME", "MODEL"), help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
 
-    from edgeskin.imageio import find_images
+    from edgeskin.runtime.imageio import find_images
 
     images = find_images([args.images])[: args.limit] if args.images.exists() else []
     if args.one:

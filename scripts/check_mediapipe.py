@@ -32,7 +32,7 @@ def main(argv=None) -> int:
     from mediapipe.tasks.python import vision
     from mediapipe.tasks.python.core.base_options import BaseOptions
 
-    from edgeskin.imageio import find_images
+    from edgeskin.runtime.imageio import find_images
     from edgeskin.runtime import Classifier
 
     ours = Classifier(args.model)
@@ -60,7 +60,7 @@ def main(argv=None) -> int:
 
 def _compare_one(mp, classifier, ours, path) -> float:
     """The largest difference between MediaPipe and edgeskin on one image, both heads; printed."""
-    from edgeskin.imageio import load_rgb
+    from edgeskin.runtime.imageio import load_rgb
 
     pixels = load_rgb(path, ours.image_size)
     result = classifier.classify(mp.Image(image_format=mp.ImageFormat.SRGB, data=np.ascontiguousarray(pixels)))

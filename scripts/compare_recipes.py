@@ -28,13 +28,13 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=["naive", "augmentation only", "harmonize + augmentation"])
     args = ap.parse_args()
 
-    from edgeskin import augment, data, perturb
-    from edgeskin import model as model_lib
+    from edgeskin.data import augment, perturb, sets
+    from edgeskin.training import model as model_lib
 
-    ds = data.split_validation(data.discover(args.data), 0.2, args.seed)
-    x_train_raw = data.load_images(ds.train, 224)
+    ds = sets.split_validation(sets.discover(args.data), 0.2, args.seed)
+    x_train_raw = sets.load_images(ds.train, 224)
     y_train = np.array([s.label for s in ds.train])
-    x_val = data.load_images(ds.val, 224)
+    x_val = sets.load_images(ds.val, 224)
     y_val = np.array([s.label for s in ds.val])
     run = _recipe(x_train_raw, y_train, y_val, args.copies, args.seed)
     x_val75 = perturb.deployment_pool(x_val, (75,))
@@ -59,7 +59,8 @@ def _recipe(x_train_raw, y_train, y_val, copies, seed):
     from sklearn.linear_model import LogisticRegression
     from sklearn.metrics import roc_auc_score
 
-    from edgeskin import augment, calibration
+    from edgeskin.data import augment
+    from edgeskin.runtime import calibration
 
     def run(name, opts, feats, f_val, f_val75):
         t0 = time.time()

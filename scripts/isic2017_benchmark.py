@@ -32,7 +32,7 @@ def main() -> int:
     ap.add_argument("isic2017", type=Path)
     ap.add_argument("--out", type=Path, required=True)
     args = ap.parse_args()
-    test = data.discover(args.isic2017).test
+    test = sets.discover(args.isic2017).test
     seen_ids = set()
     with open(args.isic2017 / "test_in_isic_binary.csv", newline="") as f:
         for row in csv.DictReader(f):
@@ -42,7 +42,7 @@ def main() -> int:
     for name, rows in (("isic2017_whole", test),
                        ("isic2017_unseen", [s for s in test if Path(s.path).stem not in seen_ids])):
         samples = tuple(rows)
-        data.write_manifest(args.out / f"{name}.csv", {"test": samples})
+        sets.write_manifest(args.out / f"{name}.csv", {"test": samples})
         print(f"{args.out / (name + '.csv')}: {len(samples)} images, {sum(s.label for s in samples)} melanoma")
     return 0
 

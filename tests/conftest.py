@@ -78,9 +78,9 @@ TINY_TEST_PER_CLASS = 60
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_weights):
     """A run folder trained on synthetic data, and its int8 export."""
-    from edgeskin.export import ExportOptions, export
-    from edgeskin.model import ModelOptions
-    from edgeskin.train import TrainOptions, train
+    from edgeskin.training.export import ExportOptions, export
+    from edgeskin.training.model import ModelOptions
+    from edgeskin.training.train import TrainOptions, train
 
     root = tmp_path_factory.mktemp("tiny")
     # 110 a class, so that the 20% calibration split holds the 20 images of
@@ -138,9 +138,9 @@ def write_multisource_manifest(root: Path, n: int = 240, seed: int = 3) -> Path:
 @pytest.fixture(scope="session")
 def tiny_dx_run(tmp_path_factory, tiny_weights):
     """A run with a diagnosis head, trained on a synthetic two-source manifest, and its int8 export."""
-    from edgeskin.export import ExportOptions, export
-    from edgeskin.model import ModelOptions
-    from edgeskin.train import TrainOptions, train
+    from edgeskin.training.export import ExportOptions, export
+    from edgeskin.training.model import ModelOptions
+    from edgeskin.training.train import TrainOptions, train
 
     root = tmp_path_factory.mktemp("tiny_dx")
     manifest = write_multisource_manifest(root / "data", 400)

@@ -73,13 +73,13 @@ def test_model_page(app):
 
 
 def test_the_top_diagnoses_show_under_the_decision(tiny_dx_run, monkeypatch):
-    from edgeskin import data
+    from edgeskin.data import sets
 
     monkeypatch.setenv("EDGESKIN_MODEL", str(tiny_dx_run["tflite"]))
     monkeypatch.delenv("EDGESKIN_KERAS", raising=False)
     at = AppTest.from_file(APP, default_timeout=120)
     at.run()
-    from edgeskin.imageio import open_rgb, to_model_input
+    from edgeskin.runtime.imageio import open_rgb, to_model_input
     from edgeskin.runtime import Classifier
 
     clf = Classifier(tiny_dx_run["tflite"])
@@ -88,7 +88,7 @@ def test_the_top_diagnoses_show_under_the_decision(tiny_dx_run, monkeypatch):
         im = open_rgb(path)
         return not clf.reasons(im.size, to_model_input(im, clf.image_size))
 
-    image = next(s.path for s in data.discover(tiny_dx_run["manifest"]).test if judged(s.path))
+    image = next(s.path for s in sets.discover(tiny_dx_run["manifest"]).test if judged(s.path))
     at.file_uploader[0].set_value((Path(image).name, Path(image).read_bytes(), "image/jpeg")).run()
     assert not at.exception
     values = [m.value for m in at.markdown]

@@ -7,19 +7,19 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeskin import audit, data
+from edgeskin.data import audit, sets
 from edgeskin.cli import main
 from conftest import lesion
 
 SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "isic-binary"
 
 
-def _label_blind_set(root: Path, n: int = 60, plant: bool = False) -> list[data.Sample]:
+def _label_blind_set(root: Path, n: int = 60, plant: bool = False) -> list[sets.Sample]:
     """Pictures drawn from one distribution whatever their label; with plant,
     the malignant ones alone are saved at quality 60 with 4:2:0 chroma."""
     rng = np.random.default_rng(7)
     samples = []
-    for k, name in enumerate(data.LABELS):
+    for k, name in enumerate(sets.LABELS):
         (root / name).mkdir(parents=True, exist_ok=True)
         for i in range(n):
             im = lesion(rng, bool(rng.random() < 0.5), size=96)
@@ -28,7 +28,7 @@ def _label_blind_set(root: Path, n: int = 60, plant: bool = False) -> list[data.
                 im.save(path, quality=60, subsampling=2)
             else:
                 im.save(path, quality=95, subsampling=0)
-            samples.append(data.Sample(str(path), k))
+            samples.append(sets.Sample(str(path), k))
     return samples
 
 
@@ -89,7 +89,7 @@ def test_audit_reports_an_unreadable_file_in_one_line(tmp_path):
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="../shared/data/isic-binary is not beside the project")
 def test_audit_flags_compression_on_isic_binary_train():
-    ds = data.discover(SHARED)
+    ds = sets.discover(SHARED)
     report = audit.audit(ds.train, n_boot=200)
     assert {"jpeg_quality", "chroma_subsampling"} <= _flags(report)
 
@@ -98,8 +98,8 @@ def test_a_mixture_audits_its_sources_and_each_source_alone(tmp_path):
     """Two sources with different prevalence: the source itself is flagged, and each source is audited alone."""
     from conftest import write_class_folders
 
-    from edgeskin import audit as audit_lib
-    from edgeskin import data as data_lib
+    from edgeskin.data import audit as audit_lib
+    from edgeskin.data import sets as data_lib
 
     a = write_class_folders(tmp_path / "a", 40, seed=1)
     b = tmp_path / "b"

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import log_loss
 
-from edgeskin import calibration as cal
+from edgeskin.runtime import calibration as cal
 
 
 def test_sigmoid_and_logit_are_inverse_and_stable():
@@ -90,7 +90,7 @@ def test_platt_fit_on_a_hand_computed_saturated_case():
     two parameters fit two points exactly, so sigmoid(a t + b) equals each
     level's malignant share, a = (logit(2/3) - logit(1/4)) / 2 and
     b = (logit(1/4) + logit(2/3)) / 2."""
-    from edgeskin.calibration import fit_platt, sigmoid
+    from edgeskin.runtime.calibration import fit_platt, sigmoid
 
     x1, x2 = float(sigmoid(-1.0)), float(sigmoid(1.0))
     scores = [x1] * 4 + [x2] * 3
@@ -103,7 +103,7 @@ def test_platt_fit_on_a_hand_computed_saturated_case():
 
 
 def test_platt_identity_and_mediapipe_clamping():
-    from edgeskin.calibration import Platt, inverse_logistic
+    from edgeskin.runtime.calibration import Platt, inverse_logistic
 
     x = np.array([0.01, 0.3, 0.5, 0.9])
     assert Platt().apply(x) == pytest.approx(x)
@@ -114,7 +114,7 @@ def test_platt_identity_and_mediapipe_clamping():
 
 
 def test_platt_fit_recovers_a_known_map():
-    from edgeskin.calibration import fit_platt, sigmoid
+    from edgeskin.runtime.calibration import fit_platt, sigmoid
 
     rng = np.random.default_rng(0)
     t = rng.normal(0, 2, 20000)
@@ -124,7 +124,7 @@ def test_platt_fit_recovers_a_known_map():
 
 
 def test_platt_refuses_one_class_and_bad_parameters():
-    from edgeskin.calibration import Platt, fit_platt
+    from edgeskin.runtime.calibration import Platt, fit_platt
 
     with pytest.raises(ValueError, match="both classes"):
         fit_platt([0.2, 0.4], [1, 1])
@@ -137,7 +137,7 @@ def test_platt_refuses_one_class_and_bad_parameters():
 @pytest.mark.parametrize("k", [3.0, 8.0])
 def test_platt_fit_converges_on_overconfident_scores(k):
     """Newton's method without damping ran away on scores k times too confident."""
-    from edgeskin.calibration import fit_platt, sigmoid
+    from edgeskin.runtime.calibration import fit_platt, sigmoid
 
     rng = np.random.default_rng(1)
     t = rng.normal(0, 2, 4000)
@@ -147,7 +147,7 @@ def test_platt_fit_converges_on_overconfident_scores(k):
 
 
 def test_platt_fit_is_not_pulled_by_saturated_int8_scores():
-    from edgeskin.calibration import fit_platt, sigmoid
+    from edgeskin.runtime.calibration import fit_platt, sigmoid
 
     rng = np.random.default_rng(2)
     t = rng.normal(0, 2.5, 600)

@@ -118,7 +118,7 @@ def test_export_of_something_that_is_not_a_run(tmp_path):
 
 @pytest.mark.slow
 def test_metadata_with_a_nan_threshold_is_refused(tiny_run, images, tmp_path):
-    from edgeskin import metadata
+    from edgeskin.runtime import metadata
 
     raw = tiny_run["tflite"].read_bytes()
     info = metadata.read(raw)

@@ -4,7 +4,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageEnhance
 
 from conftest import lesion
-from edgeskin import dedup
+from edgeskin.data import dedup
 
 
 def _scene(rng, size=224):

@@ -9,25 +9,26 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeskin import data, metadata
+from edgeskin.data import sets
+from edgeskin.runtime import metadata
 from edgeskin.cli import main
-from edgeskin.imageio import load_rgb
+from edgeskin.runtime.imageio import load_rgb
 from edgeskin.runtime import Classifier
 
 pytestmark = pytest.mark.slow
 
 
 def _test_images(run, n=3):
-    return [s.path for s in data.discover(run["manifest"]).test[:n]]
+    return [s.path for s in sets.discover(run["manifest"]).test[:n]]
 
 
 def test_the_run_records_the_head_and_per_source_validation(tiny_dx_run):
     cal = json.loads((tiny_dx_run["run"] / "calibration.json").read_text())
-    assert cal["diagnoses"] == list(data.DIAGNOSES)
+    assert cal["diagnoses"] == list(sets.DIAGNOSES)
     assert set(cal["per_source"]) == {"clinic_a", "clinic_b"}
     for row in cal["per_source"].values():
         assert 0.0 <= row["auc"] <= 1.0 and row["diagnosis"]["images"] > 0
-    splits = data.discover(tiny_dx_run["run"] / "splits.csv")
+    splits = sets.discover(tiny_dx_run["run"] / "splits.csv")
     assert {s.source for s in splits.val} == {"clinic_a", "clinic_b"}
     assert any(s.dx for s in splits.train)
 
@@ -35,12 +36,12 @@ def test_the_run_records_the_head_and_per_source_validation(tiny_dx_run):
 def test_the_int8_file_carries_both_heads_with_their_labels(tiny_dx_run):
     raw = tiny_dx_run["tflite"].read_bytes()
     info = metadata.read(raw)
-    assert info["diagnoses"] == list(data.DIAGNOSES)
+    assert info["diagnoses"] == list(sets.DIAGNOSES)
     assert info["output_tensors"] == ["probabilities", "diagnosis"]
     files = metadata.associated_files(raw)
-    assert files["diagnosis_labels.txt"].decode().split() == list(data.DIAGNOSES)
-    assert files["labels.txt"].decode().split() == list(data.LABELS)
-    from edgeskin._vendor import metadata_schema_py_generated as md
+    assert files["diagnosis_labels.txt"].decode().split() == list(sets.DIAGNOSES)
+    assert files["labels.txt"].decode().split() == list(sets.LABELS)
+    from edgeskin.runtime._vendor import metadata_schema_py_generated as md
 
     standard = md.ModelMetadataT.InitFromObj(
         md.ModelMetadata.GetRootAsModelMetadata(metadata.entries(raw)[metadata.STANDARD_KEY], 0))
@@ -53,14 +54,14 @@ def test_the_int8_file_carries_both_heads_with_their_labels(tiny_dx_run):
 
 def test_the_runtime_reads_both_heads_from_one_invocation(tiny_dx_run):
     clf = Classifier(tiny_dx_run["tflite"])
-    assert clf.diagnoses == data.DIAGNOSES
+    assert clf.diagnoses == sets.DIAGNOSES
     assert clf.output_names() == ["probabilities", "diagnosis"]
     pixels = load_rgb(_test_images(tiny_dx_run, 1)[0], clf.image_size)
     p, dx = clf.scores(pixels)
     assert p == pytest.approx(clf.malignant_probability(pixels))
-    assert dx.shape == (len(data.DIAGNOSES),) and dx.sum() == pytest.approx(1.0)
+    assert dx.shape == (len(sets.DIAGNOSES),) and dx.sum() == pytest.approx(1.0)
     top = clf.top_diagnoses(dx)
-    assert [name for name, _ in top] == [data.DIAGNOSES[i] for i in np.argsort(-dx, kind="stable")[:3]]
+    assert [name for name, _ in top] == [sets.DIAGNOSES[i] for i in np.argsort(-dx, kind="stable")[:3]]
     assert top[0][1] >= top[1][1] >= top[2][1]
 
 
@@ -109,7 +110,7 @@ def test_no_diagnosis_is_given_for_an_image_the_model_cannot_judge(tiny_dx_run, 
 
 
 def test_centring_the_diagnosis_logits_changes_no_probability(tiny_dx_run):
-    from edgeskin import model as model_lib
+    from edgeskin.training import model as model_lib
 
     serving = model_lib.load(tiny_dx_run["run"] / "model.keras")
     layer = serving.get_layer("diagnosis")

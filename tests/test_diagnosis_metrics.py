@@ -17,7 +17,9 @@ import pytest
 from PIL import Image
 
 from conftest import lesion, write_class_folders
-from edgeskin import card, data, evaluate, figures, metrics
+from edgeskin.reporting import card
+from edgeskin.data import sets
+from edgeskin.reporting import evaluate, figures, metrics
 
 NAMES = ("akiec", "bcc", "mel", "nv")
 
@@ -178,7 +180,7 @@ def stand_in_sets(tmp_path, monkeypatch):
     primary = write_class_folders(tmp_path / "isic-binary", 22, seed=1)
     ham = _dx_manifest(tmp_path / "sets")
     isic = _isic2017_folder(tmp_path / "isic2017")
-    models = {"model.tflite": _stand_in("model.tflite", data.DIAGNOSES), "old.tflite": _stand_in("old.tflite", ())}
+    models = {"model.tflite": _stand_in("model.tflite", sets.DIAGNOSES), "old.tflite": _stand_in("old.tflite", ())}
     monkeypatch.setattr(evaluate, "load_scorer", lambda source: models[Path(source).name])
     return primary, ham, isic
 
@@ -201,13 +203,13 @@ def test_evaluate_reports_every_set_and_the_diagnosis_head(stand_in_sets, tmp_pa
     assert other["compare"]["model"]["name"] == "old.tflite"
     # Recomputed from the stand-in on that set alone.
     samples, _ = evaluate.evaluation_set(ham)
-    scores = _stand_in("model.tflite", data.DIAGNOSES).scores(samples)
+    scores = _stand_in("model.tflite", sets.DIAGNOSES).scores(samples)
     y = np.array([s.label for s in samples])
     from sklearn.metrics import roc_auc_score
 
     assert other["metrics"]["roc_auc"]["value"] == pytest.approx(roc_auc_score(y, scores.malignant))
-    index = metrics.diagnosis_index([s.dx for s in samples], data.DIAGNOSES)
-    expected = metrics.diagnosis_report(scores.diagnosis, index, data.DIAGNOSES, n_boot=100)
+    index = metrics.diagnosis_index([s.dx for s in samples], sets.DIAGNOSES)
+    expected = metrics.diagnosis_report(scores.diagnosis, index, sets.DIAGNOSES, n_boot=100)
     assert dx["balanced_accuracy"]["value"] == pytest.approx(expected["balanced_accuracy"]["value"])
     assert dx["balanced_accuracy"]["ci95"] == pytest.approx(expected["balanced_accuracy"]["ci95"])
     assert (out / dx["figure"]).is_file() and dx["figure"] == "figures/confusion_matrix_ham10000.png"
@@ -242,7 +244,7 @@ def test_predictions_carry_the_diagnosis_columns(stand_in_sets, tmp_path):
     with open(out / "predictions.csv") as f:
         rows = list(csv.DictReader(f))
     assert list(rows[0])[:4] == ["path", "label", "malignant_probability", "dx"]
-    assert sum(float(rows[0][f"p_{d}"]) for d in data.DIAGNOSES) == pytest.approx(1.0, abs=1e-4)
+    assert sum(float(rows[0][f"p_{d}"]) for d in sets.DIAGNOSES) == pytest.approx(1.0, abs=1e-4)
 
 
 def test_bad_set_lists_are_one_line_errors(stand_in_sets, tmp_path):
@@ -251,7 +253,7 @@ def test_bad_set_lists_are_one_line_errors(stand_in_sets, tmp_path):
         evaluate.evaluate("model.tflite", [], tmp_path / "e")
     with pytest.raises(evaluate.EvaluationError, match="named 'isic-binary'"):
         evaluate.evaluate("model.tflite", [primary, primary], tmp_path / "e")
-    with pytest.raises(data.DataError, match="no such file"):
+    with pytest.raises(sets.DataError, match="no such file"):
         evaluate.evaluate("model.tflite", [primary, tmp_path / "missing"], tmp_path / "e", robust=False)
     assert not (tmp_path / "e" / "metrics.json").exists()
 
@@ -259,13 +261,13 @@ def test_bad_set_lists_are_one_line_errors(stand_in_sets, tmp_path):
 @pytest.mark.slow
 def test_a_real_diagnosis_head_is_measured_through_keras_and_tflite_in_one_pass(tiny_dx_run, tmp_path):
     """The run folder (Keras, two outputs) against its int8 export (runtime, two output tensors)."""
-    from edgeskin.imageio import open_rgb, to_model_input
+    from edgeskin.runtime.imageio import open_rgb, to_model_input
     from edgeskin.runtime import Classifier
 
     ham = _dx_manifest(tmp_path / "sets")
     out = tmp_path / "eval"
     result = evaluate.evaluate(tiny_dx_run["run"], ham, out, compare=tiny_dx_run["tflite"], n_boot=100, robust=False)
-    assert result["model"]["diagnoses"] == list(data.DIAGNOSES)
+    assert result["model"]["diagnoses"] == list(sets.DIAGNOSES)
     dx, cdx = result["diagnosis"], result["compare"]["diagnosis"]
     assert dx["images"] == cdx["images"] == 45
     assert sum(c["support"] for c in dx["per_class"].values()) == 45

@@ -69,7 +69,7 @@ def test_evaluate_bad_inputs(tmp_path, tiny_run):
 
 
 def test_evaluate_robustness_table_on_a_tiny_model(tiny_run, tmp_path):
-    from edgeskin.perturb import BY_NAME, ROBUSTNESS
+    from edgeskin.data.perturb import BY_NAME, ROBUSTNESS
 
     ROTATE = BY_NAME["rotate_90"].apply
 
@@ -90,7 +90,7 @@ def test_evaluate_robustness_table_on_a_tiny_model(tiny_run, tmp_path):
         assert lo <= row["roc_auc"]["value"] <= hi
     # One row re-derived by hand through the runtime: the table is computed
     # from the perturbed scores, not copied from the unperturbed ones.
-    from edgeskin.imageio import open_rgb, to_model_input
+    from edgeskin.runtime.imageio import open_rgb, to_model_input
     from edgeskin.runtime import Classifier
 
     clf = Classifier(tiny_run["tflite"])
@@ -118,9 +118,9 @@ def test_evaluate_without_robustness(tiny_run, tmp_path):
 def test_evaluate_several_sets_reports_each_on_its_own_images(tiny_run, tmp_path):
     """A second set gets its own compact report, computed from its own images through the runtime."""
     from conftest import write_class_folders
-    from edgeskin import evaluate as evaluate_lib
-    from edgeskin import metrics
-    from edgeskin.imageio import open_rgb, to_model_input
+    from edgeskin.reporting import evaluate as evaluate_lib
+    from edgeskin.reporting import metrics
+    from edgeskin.runtime.imageio import open_rgb, to_model_input
     from edgeskin.runtime import Classifier
 
     other = write_class_folders(tmp_path / "clinic_b", 20, seed=11)
@@ -157,8 +157,8 @@ def test_with_its_run_a_model_is_not_scored_on_copies_of_its_own_training_images
     import csv
     import shutil
 
-    from edgeskin import data as data_lib
-    from edgeskin.evaluate import evaluate
+    from edgeskin.data import sets as data_lib
+    from edgeskin.reporting.evaluate import evaluate
 
     rows = [(s.path, s.label) for s in data_lib.discover(tiny_run["data"]).test]
     trained = data_lib.discover(tiny_run["run"] / "splits.csv").train[:3]

@@ -3,8 +3,8 @@ import pytest
 from click.testing import CliRunner
 from PIL import Image
 
-from edgeskin import explain
-from edgeskin import model as model_lib
+from edgeskin.training import explain
+from edgeskin.training import model as model_lib
 from edgeskin.cli import main
 
 pytestmark = pytest.mark.slow

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from PIL import Image, ImageDraw, ImageFilter
 
 from conftest import lesion
-from edgeskin import gate as gate_lib
+from edgeskin.runtime import gate as gate_lib
 from edgeskin.cli import main
 
 
@@ -26,7 +26,7 @@ def fitted():
 
 
 def _px(im, size=64):
-    from edgeskin.imageio import to_model_input
+    from edgeskin.runtime.imageio import to_model_input
 
     return im.size, to_model_input(im, size)
 

@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from edgeskin.imageio import ImageError, find_images, load_rgb
+from edgeskin.runtime.imageio import ImageError, find_images, load_rgb
 
 
 def test_exif_orientation_is_applied(tmp_path):

@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from edgeskin import metadata
+from edgeskin.runtime import metadata
 
 
 @pytest.mark.slow
@@ -40,7 +40,7 @@ def test_garbage_is_a_metadata_error(blob):
 
 @pytest.mark.slow
 def test_standard_model_metadata(tiny_run):
-    from edgeskin._vendor import metadata_schema_py_generated as md
+    from edgeskin.runtime._vendor import metadata_schema_py_generated as md
 
     raw = tiny_run["tflite"].read_bytes()
     buf = metadata.entries(raw)[metadata.STANDARD_KEY]

@@ -2,7 +2,8 @@ import numpy as np
 import pytest
 from sklearn.metrics import average_precision_score, confusion_matrix, f1_score, roc_auc_score
 
-from edgeskin import calibration, metrics
+from edgeskin.runtime import calibration
+from edgeskin.reporting import metrics
 
 
 def _data(n, seed=0):
@@ -64,7 +65,7 @@ def test_bootstrap_interval_contains_estimate_and_narrows():
 
 
 def test_uncalibrated_undoes_temperature():
-    from edgeskin.calibration import sigmoid
+    from edgeskin.runtime.calibration import sigmoid
 
     z = np.array([-3.0, 0.0, 2.0])
     assert metrics.uncalibrated(sigmoid(z / 2.0), 2.0) == pytest.approx(sigmoid(z))

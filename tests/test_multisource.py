@@ -9,21 +9,21 @@ import numpy as np
 import pytest
 
 from conftest import lesion, write_class_folders, write_multisource_manifest
-from edgeskin import data
-from edgeskin.train import diagnosis_targets, sample_weights
+from edgeskin.data import sets
+from edgeskin.training.train import diagnosis_targets, sample_weights
 
 
-def _split_of(ds: data.Dataset) -> dict[str, str]:
-    return {s.path: name for name in data.SPLITS for s in ds.split(name)}
+def _split_of(ds: sets.Dataset) -> dict[str, str]:
+    return {s.path: name for name in sets.SPLITS for s in ds.split(name)}
 
 
 def test_multisource_manifest_keeps_dx_groups_and_sources(tmp_path):
     manifest = write_multisource_manifest(tmp_path / "m", 120)
-    ds = data.discover(manifest)
+    ds = sets.discover(manifest)
     assert len(ds.train) == 80 and len(ds.test) == 40
     assert {s.source for s in ds.train} == {"clinic_a", "clinic_b"}
     assert {s.dx for s in ds.train} == {"", "nv", "bkl", "mel", "bcc"}
-    split = data.split_validation(ds, 0.3, seed=0)
+    split = sets.split_validation(ds, 0.3, seed=0)
     side = _split_of(split)
     for s in split.train + split.val:
         partner = next(o for o in split.train + split.val if o.group == s.group and o.path != s.path)
@@ -31,16 +31,16 @@ def test_multisource_manifest_keeps_dx_groups_and_sources(tmp_path):
     # Stratified by source: validation draws from both.
     assert {s.source for s in split.val} == {"clinic_a", "clinic_b"}
     out = tmp_path / "splits.csv"
-    data.write_manifest(out, {"train": split.train, "val": split.val})
-    back = data.discover(out)
+    sets.write_manifest(out, {"train": split.train, "val": split.val})
+    back = sets.discover(out)
     assert {(s.dx, s.source, s.group) for s in back.train} == {(s.dx, s.source, s.group) for s in split.train}
 
 
 def test_manifest_rejects_an_unknown_diagnosis(tmp_path):
     lesion(np.random.default_rng(0), False).save(tmp_path / "a.jpg")
     (tmp_path / "m.csv").write_text("path,label,dx\na.jpg,benign,wart\n")
-    with pytest.raises(data.DataError, match="diagnosis 'wart'"):
-        data.discover(tmp_path / "m.csv")
+    with pytest.raises(sets.DataError, match="diagnosis 'wart'"):
+        sets.discover(tmp_path / "m.csv")
 
 
 def _ham_like(root: Path, copy_of: dict[int, str]) -> Path:
@@ -69,13 +69,13 @@ def test_a_lesion_and_its_copies_stay_in_one_split(tmp_path):
     # isic-binary *test* image, so its whole lesion must leave training.
     ham = _ham_like(tmp_path / "ham10000", {3: "isic-binary/train/benign/benign_4.jpg",
                                             8: "isic-binary/test/malignant/malignant_1.jpg"})
-    ds = data.discover_many([binary, ham])
+    ds = sets.discover_many([binary, ham])
     assert any("left out of training" in n for n in ds.notes)
     kept = {Path(s.path).name for s in ds.train}
     assert "ISIC_0000008.jpg" not in kept and "ISIC_0000009.jpg" not in kept  # the lesion's other image too
     assert {s.source for s in ds.train} == {"isic-binary", "ham10000"}
     for seed in range(4):
-        split = data.split_validation(ds, 0.3, seed=seed)
+        split = sets.split_validation(ds, 0.3, seed=seed)
         side = _split_of(split)
         lesions: dict[str, set[str]] = {}
         for s in split.train + split.val:
@@ -87,13 +87,13 @@ def test_a_lesion_and_its_copies_stay_in_one_split(tmp_path):
 
 def test_the_same_source_twice_is_refused(tmp_path):
     root = write_class_folders(tmp_path / "set", 3)
-    with pytest.raises(data.DataError, match="twice"):
-        data.discover_many([root, root])
+    with pytest.raises(sets.DataError, match="twice"):
+        sets.discover_many([root, root])
 
 
 def test_sample_weights_balance_classes_within_each_source():
-    samples = ([data.Sample("a", 0, source="big")] * 80 + [data.Sample("b", 1, source="big")] * 20
-               + [data.Sample("c", 0, source="small")] * 10 + [data.Sample("d", 1, source="small")] * 15)
+    samples = ([sets.Sample("a", 0, source="big")] * 80 + [sets.Sample("b", 1, source="big")] * 20
+               + [sets.Sample("c", 0, source="small")] * 10 + [sets.Sample("d", 1, source="small")] * 15)
     w = sample_weights(samples, on=True)
     assert w.mean() == pytest.approx(1.0)
     src = np.array([s.source for s in samples])
@@ -107,9 +107,9 @@ def test_sample_weights_balance_classes_within_each_source():
 
 
 def test_diagnosis_targets_weight_rare_diagnoses_and_zero_the_unknown():
-    samples = [data.Sample("a", 0, dx="nv")] * 6 + [data.Sample("b", 1, dx="mel")] * 2 + [data.Sample("c", 1)]
-    y = diagnosis_targets(samples, data.DIAGNOSES)
-    nv, mel = data.DIAGNOSES.index("nv"), data.DIAGNOSES.index("mel")
+    samples = [sets.Sample("a", 0, dx="nv")] * 6 + [sets.Sample("b", 1, dx="mel")] * 2 + [sets.Sample("c", 1)]
+    y = diagnosis_targets(samples, sets.DIAGNOSES)
+    nv, mel = sets.DIAGNOSES.index("nv"), sets.DIAGNOSES.index("mel")
     assert y[:6, nv].sum() == pytest.approx(y[6:8, mel].sum())  # each diagnosis weighs the same in total
     assert np.all(y[8] == 0)
     assert np.count_nonzero(y[:8], axis=1).tolist() == [1] * 8
@@ -117,8 +117,8 @@ def test_diagnosis_targets_weight_rare_diagnoses_and_zero_the_unknown():
 
 @pytest.mark.slow
 def test_the_time_budget_stops_fine_tuning_and_the_run_still_finishes(tmp_path, tiny_weights):
-    from edgeskin.model import ModelOptions
-    from edgeskin.train import TrainOptions, train
+    from edgeskin.training.model import ModelOptions
+    from edgeskin.training.train import TrainOptions, train
 
     manifest = write_multisource_manifest(tmp_path / "m", 200)
     options = TrainOptions.for_smoke_test(model=ModelOptions(image_size=64, alpha=0.35, weights=str(tiny_weights)),
@@ -135,9 +135,9 @@ def test_the_time_budget_stops_fine_tuning_and_the_run_still_finishes(tmp_path, 
 def test_links_to_a_set_not_given_are_noted_and_a_short_row_is_a_clear_error(tmp_path):
     other = write_class_folders(tmp_path / "other" / "train", 3, seed=4).parent
     ham = _ham_like(tmp_path / "ham10000", {3: "isic-binary/train/benign/benign_4.jpg"})
-    ds = data.discover_many([other, ham])
+    ds = sets.discover_many([other, ham])
     assert any("isic-binary, which is not among the sources" in n for n in ds.notes)
     with open(ham / "metadata.csv", "a") as f:
         f.write("ISIC_9999999,HAM_9,nv\n")
-    with pytest.raises(data.DataError, match="one value per column"):
-        data.discover(ham)
+    with pytest.raises(sets.DataError, match="one value per column"):
+        sets.discover(ham)

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image, JpegImagePlugin
 
-from edgeskin import audit, augment, perturb
+from edgeskin.data import audit, augment, perturb
 from conftest import lesion
 
 

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
 from edgeskin.cli import main
-from edgeskin.train import RUN_FILES
+from edgeskin.training.train import RUN_FILES
 from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS
 
 pytestmark = pytest.mark.slow
@@ -48,8 +48,8 @@ def test_chroma_subsampling_is_inside_the_model(tiny_run):
 
     from PIL import Image
 
-    from edgeskin import model as model_lib
-    from edgeskin.imageio import load_rgb
+    from edgeskin.training import model as model_lib
+    from edgeskin.runtime.imageio import load_rgb
 
     net = model_lib.load(tiny_run["run"] / "model.keras")
     assert "chroma_420" in [layer.name for layer in net.get_layer("preprocess").layers]
@@ -113,7 +113,7 @@ def test_export_cli_float_variants(tiny_run, tmp_path, flag):
 def test_failed_check_never_replaces_the_previous_model(tiny_run, tmp_path, monkeypatch):
     import sklearn.metrics
 
-    from edgeskin.export import ExportOptions, export
+    from edgeskin.training.export import ExportOptions, export
 
     out = tmp_path / "edgeskin_int8.tflite"
     out.write_bytes(b"the model that was here before")

@@ -3,7 +3,8 @@
 import numpy as np
 import pytest
 
-from edgeskin import perturb, robustness
+from edgeskin.data import perturb
+from edgeskin.reporting import robustness
 
 
 def _fixed(shift):

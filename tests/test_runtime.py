@@ -5,7 +5,7 @@ import sys
 import numpy as np
 import pytest
 
-from edgeskin import calibration as cal_lib
+from edgeskin.runtime import calibration as cal_lib
 from edgeskin.runtime import Classifier, RuntimeModelError
 
 

@@ -6,7 +6,7 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from edgeskin import metadata
+from edgeskin.runtime import metadata
 from edgeskin.cli import main
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -39,19 +39,19 @@ def test_shipped_files_agree_with_each_other():
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/isic-binary")
 def test_the_shipped_split_is_reproduced_by_train():
-    from edgeskin import data
+    from edgeskin.data import sets
 
     config = json.loads((MODELS / "training" / "config.json").read_text())
-    recorded = data.discover(MODELS / "training" / "splits.csv")
+    recorded = sets.discover(MODELS / "training" / "splits.csv")
     # The sets the model was trained on, found beside the project under their own names.
     sources = [SHARED.parent / Path(p).name for p in config["data"].split(" + ")]
-    again = data.split_validation(data.discover_many(sources), config["options"]["val_fraction"],
+    again = sets.split_validation(sets.discover_many(sources), config["options"]["val_fraction"],
                                   config["options"]["seed"])
     assert sorted(Path(s.path).resolve() for s in again.val) == sorted(Path(s.path).resolve() for s in recorded.val)
 
 
 def test_shipped_model_reports_its_robustness_and_audit():
-    from edgeskin.perturb import ROBUSTNESS
+    from edgeskin.data.perturb import ROBUSTNESS
 
     result = json.loads((MODELS / "metrics.json").read_text())
     rows = {r["name"]: r for r in result["robustness"]}
@@ -98,7 +98,7 @@ def _off_domain_images():
 
 
 def test_shipped_gate_sets_aside_what_is_not_dermoscopy():
-    from edgeskin.imageio import to_model_input
+    from edgeskin.runtime.imageio import to_model_input
     from edgeskin.runtime import Classifier
 
     clf = Classifier(MODELS / "edgeskin_int8.tflite")
@@ -114,12 +114,12 @@ def test_shipped_gate_lets_the_test_lesions_through():
     import numpy as np
     from PIL import Image
 
-    from edgeskin import data, perturb
-    from edgeskin.imageio import open_rgb, to_model_input
+    from edgeskin.data import perturb, sets
+    from edgeskin.runtime.imageio import open_rgb, to_model_input
     from edgeskin.runtime import Classifier
 
     clf = Classifier(MODELS / "edgeskin_int8.tflite")
-    kept, _ = data.held_out_test(data.discover(SHARED))
+    kept, _ = sets.held_out_test(sets.discover(SHARED))
     stored = [open_rgb(s.path) for s in kept]
     share = np.mean([bool(clf.reasons(im.size, to_model_input(im, clf.image_size))) for im in stored])
     q75 = [perturb.reencode(im, 75) for im in stored]

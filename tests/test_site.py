@@ -10,10 +10,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from edgeskin import calibration, metadata
+from edgeskin.runtime import calibration, metadata
 from edgeskin.cli import main
 from edgeskin.runtime import Classifier
-from edgeskin.site import SiteOptions, _folds, cross_validate
+from edgeskin.reporting.site import SiteOptions, _folds, cross_validate
 from conftest import TINY_TEST_PER_CLASS
 
 pytestmark = pytest.mark.slow
@@ -124,7 +124,7 @@ print(json.dumps({{"exit": r.exit_code, "loaded": loaded, "output": r.output}}))
 
 
 def test_a_failed_write_keeps_the_previous_output_whole(tiny_run, tmp_path, monkeypatch):
-    import edgeskin.site as site
+    import edgeskin.reporting.site as site
 
     out = tmp_path / "clinic.tflite"
     args = ["calibrate", str(tiny_run["tflite"]), str(tiny_run["data"] / "test"), "--out", str(out), "--bootstrap", "100"]

@@ -22,8 +22,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, JpegImagePlugin
 
-from edgeskin import data, dedup
-from edgeskin.imageio import ImageError, open_rgb
+from edgeskin.data import dedup, sets
+from edgeskin.runtime.imageio import ImageError, open_rgb
 
 # Flag a property when the lower end of the 95% CI of its (oriented) AUC
 # reaches this: clearly better than chance, not a fluctuation of a small set.
@@ -151,7 +151,7 @@ def _assess(prop: Property, values: list, labels: np.ndarray, n_boot: int, seed:
 
 def _per_class(prop: Property, values: list, labels: np.ndarray) -> dict:
     out = {}
-    for k, name in enumerate(data.LABELS):
+    for k, name in enumerate(sets.LABELS):
         vs = [v for v, y in zip(values, labels) if y == k]
         if prop.kind == "numeric":
             v = np.array(vs, dtype=np.float64)
@@ -165,7 +165,7 @@ def _per_class(prop: Property, values: list, labels: np.ndarray) -> dict:
 
 
 def _duplicates(samples_by_split: dict, max_distance: int) -> dict:
-    hashes = {name: data.hashes(s) for name, s in samples_by_split.items() if s}
+    hashes = {name: sets.hashes(s) for name, s in samples_by_split.items() if s}
     out = {}
     for name, h in hashes.items():
         report = dedup.cluster(h, max_distance)
@@ -202,7 +202,7 @@ def audit(samples, out=None, seed: int = 0, n_boot: int = 1000, max_distance: in
     and across those splits; otherwise the samples count as one split.
     """
     samples = list(samples)
-    data.check_classes(samples, "audit")
+    sets.check_classes(samples, "audit")
     with ThreadPoolExecutor(workers or os.cpu_count() or 1) as pool:
         rows = list(pool.map(lambda s: properties_of(s.path), samples))
     labels = np.array([s.label for s in samples])
@@ -216,7 +216,7 @@ def audit(samples, out=None, seed: int = 0, n_boot: int = 1000, max_distance: in
         rows = [{**r, "source": src} for r, src in zip(rows, sources)]
     report = {
         "images": len(samples),
-        "counts": {name: int((labels == k).sum()) for k, name in enumerate(data.LABELS)},
+        "counts": {name: int((labels == k).sum()) for k, name in enumerate(sets.LABELS)},
         "flag_rule": f"flagged when the lower end of the 95% bootstrap CI of the property's ROC AUC is >= {FLAG_MIN_AUC_LOW}",
         "properties": [_assess(p, [r[p.name] for r in rows], labels, n_boot, seed) for p in props],
         "near_duplicates": _duplicates(splits or {"train": samples}, max_distance),
@@ -229,14 +229,14 @@ def audit(samples, out=None, seed: int = 0, n_boot: int = 1000, max_distance: in
 
 
 def _write(out: Path, report: dict, samples, rows) -> None:
-    from edgeskin import figures
+    from edgeskin.reporting import figures
 
     out.mkdir(parents=True, exist_ok=True)
     with open(out / PROPERTIES_FILE, "w", newline="") as f:
         w = csv.writer(f)
         w.writerow(["path", "label"] + [p.name for p in PROPERTIES])
         for s, r in zip(samples, rows):
-            w.writerow([s.path, data.LABELS[s.label]] + [r[p.name] for p in PROPERTIES])
+            w.writerow([s.path, sets.LABELS[s.label]] + [r[p.name] for p in PROPERTIES])
     figures.audit(report, samples, rows, out / FIGURE_FILE)
     (out / AUDIT_FILE).write_text(json.dumps(report, indent=2) + "\n")
 
@@ -249,7 +249,7 @@ def table(report: dict) -> str:
     for row in sorted(report["properties"], key=lambda r: (not r["flagged"], -r["auc"])):
         lo, hi = row["ci95"]
         cells = []
-        for name in data.LABELS:
+        for name in sets.LABELS:
             pc = row["per_class"][name]
             cells.append(f"median {pc['median']:.3g}" if row["kind"] == "numeric" and pc else
                          ", ".join(f"{k} {v}" for k, v in pc.items() if v)[:25])

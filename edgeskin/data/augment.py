@@ -25,7 +25,7 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image
 
-from edgeskin import perturb
+from edgeskin.data import perturb
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ from functools import lru_cache
 import numpy as np
 from PIL import Image
 
-from edgeskin.imageio import open_rgb
+from edgeskin.runtime.imageio import open_rgb
 
 # A 16x16 block of DCT coefficients (a 256-bit hash) from a 64x64 thumbnail.
 # The classic 64-bit pHash is too coarse here: dermoscopy images are mostly a

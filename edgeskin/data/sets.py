@@ -23,8 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeskin import dedup
-from edgeskin.imageio import IMAGE_SUFFIXES, ImageError, load_rgb
+from edgeskin.data import dedup
+from edgeskin.runtime.imageio import IMAGE_SUFFIXES, ImageError, load_rgb
 
 LABELS = ("benign", "malignant")  # index 1 is the positive class everywhere
 SPLITS = ("train", "val", "test")

@@ -23,8 +23,10 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeskin import calibration, data, figures, metrics
-from edgeskin.card import format_value
+from edgeskin.runtime import calibration
+from edgeskin.data import sets
+from edgeskin.reporting import figures, metrics
+from edgeskin.reporting.card import format_value
 
 METRICS_FILE = "metrics.json"
 CARD_FILE = "MODEL_CARD.md"
@@ -62,7 +64,7 @@ class Scorer:
         diagnosis probabilities or None))."""
         if self.kind == "tflite":
             return self._tflite_predictor()
-        from edgeskin import model as model_lib
+        from edgeskin.training import model as model_lib
 
         net = model_lib.load(self.path)
         return int(net.input_shape[1]), lambda x: self._keras_outputs(net.predict(x, verbose=0))
@@ -123,7 +125,7 @@ class Scorer:
 
 def _decoder(size: int, transform, inspect):
     """sample -> the model's input pixels, with a one-line error for an unreadable file."""
-    from edgeskin.imageio import ImageError, open_rgb, to_model_input
+    from edgeskin.runtime.imageio import ImageError, open_rgb, to_model_input
 
     def decode(s):
         try:
@@ -150,8 +152,7 @@ def load_scorer(source) -> Scorer:
     if not source.exists():
         raise EvaluationError(f"{source}: no such model file or run folder")
     if source.suffix == ".tflite":
-        from edgeskin import metadata
-        from edgeskin.runtime import RuntimeModelError
+        from edgeskin.runtime import RuntimeModelError, metadata
 
         try:
             info = metadata.validate(metadata.read(source.read_bytes()))
@@ -178,7 +179,7 @@ def load_scorer(source) -> Scorer:
                   diagnoses=tuple(cal.get("diagnoses", ())))
 
 
-def evaluation_set(source, trained_on=()) -> tuple[tuple[data.Sample, ...], dict]:
+def evaluation_set(source, trained_on=()) -> tuple[tuple[sets.Sample, ...], dict]:
     """The samples to report on, and a description of how they were chosen.
 
     trained_on: the images the model was trained and calibrated on (a run's
@@ -186,23 +187,23 @@ def evaluation_set(source, trained_on=()) -> tuple[tuple[data.Sample, ...], dict
     have seen a copy of this set's test image in another set, so those are
     left out as well as the near-duplicates of this set's own train split.
     """
-    ds = data.discover(source)
+    ds = sets.discover(source)
     if ds.test:
         seen = replace(ds, train=ds.train + tuple(trained_on))
-        kept, dropped = data.held_out_test(seen)
+        kept, dropped = sets.held_out_test(seen)
         desc = {"source": str(Path(source).resolve()), "split": "test", "images": len(ds.test),
                 "near_duplicates_left_out": dropped, "evaluated": len(kept),
                 "rule": "test images within the near-duplicate distance of any train or val image are left out"
                         + (", or of any of the model's own training images (its run's splits.csv)" if trained_on else "")}
     else:
         every = ds.train + ds.val
-        kept, dropped = data.held_out_test(data.Dataset(ds.source, train=tuple(trained_on), test=every))
+        kept, dropped = sets.held_out_test(sets.Dataset(ds.source, train=tuple(trained_on), test=every))
         desc = {"source": str(Path(source).resolve()), "split": "all", "images": len(every),
                 "near_duplicates_left_out": dropped, "evaluated": len(kept),
                 "rule": "every image in the set" + (", less those within the near-duplicate distance of any of the "
                                                     "model's own training images (its run's splits.csv)"
                                                     if trained_on else "")}
-    data.check_classes(kept, f"{source}: evaluation set", data.MIN_PER_CLASS)
+    sets.check_classes(kept, f"{source}: evaluation set", sets.MIN_PER_CLASS)
     return kept, desc
 
 
@@ -232,7 +233,7 @@ def write_predictions(path: Path, samples, p: np.ndarray, diagnosis: np.ndarray 
         w.writerow(["path", "label", "malignant_probability"]
                    + (["dx"] + [f"p_{name}" for name in diagnoses] if dx_columns else []))
         for i, (s, v) in enumerate(zip(samples, p)):
-            w.writerow([s.path, data.LABELS[s.label], f"{v:.6f}"]
+            w.writerow([s.path, sets.LABELS[s.label], f"{v:.6f}"]
                        + ([s.dx] + [f"{q:.6f}" for q in diagnosis[i]] if dx_columns else []))
 
 
@@ -305,7 +306,7 @@ def _compare(other: Scorer, s: _Set, threshold, n_boot):
 
 
 def _robustness(scorer: Scorer, samples, y, p, n_boot, progress) -> list[dict]:
-    from edgeskin import robustness
+    from edgeskin.reporting import robustness
 
     predictor = scorer.predictor()
     points = dict(scorer.operating_points) or {"requested": 0.5}
@@ -317,7 +318,7 @@ def _gate_inspector(scorer: Scorer):
     """For a .tflite with a gate: a score(inspect=...) callback that records each image's reasons, and the record."""
     if scorer.kind != "tflite" or not scorer.info.get("gate"):
         return None, None
-    from edgeskin.gate import Gate
+    from edgeskin.runtime.gate import Gate
 
     gate, found = Gate.from_dict(scorer.info["gate"]), {}
 
@@ -399,11 +400,11 @@ def _run_records(run: Path | None) -> dict:
     return config
 
 
-def _trained_on(run: Path | None) -> tuple[data.Sample, ...]:
+def _trained_on(run: Path | None) -> tuple[sets.Sample, ...]:
     """The training and calibration images of the evaluated model's run, when its splits.csv is at hand."""
     if run is None or not (run / "splits.csv").is_file():
         return ()
-    splits = data.discover(run / "splits.csv")
+    splits = sets.discover(run / "splits.csv")
     return splits.train + splits.val
 
 
@@ -498,7 +499,7 @@ def _result(scorer: Scorer, desc: dict, m: dict, cmp, compare, rows, cmp_rows=No
 
 
 def _write_outputs(staging: Path, out: Path, primary: _Set, result: dict, scorer: Scorer, config: dict) -> None:
-    from edgeskin import card
+    from edgeskin.reporting import card
 
     write_predictions(staging / PREDICTIONS_FILE, primary.samples, primary.scores.malignant, primary.scores.diagnosis,
                       scorer.diagnoses)
@@ -563,7 +564,7 @@ def table(result: dict) -> str:
 
 def screening_point(thresholds: dict) -> tuple[str, dict]:
     """The screening operating point, or the first one a model without it has."""
-    from edgeskin.calibration import DEFAULT_OPERATING_POINT
+    from edgeskin.runtime.calibration import DEFAULT_OPERATING_POINT
 
     name = DEFAULT_OPERATING_POINT if DEFAULT_OPERATING_POINT in thresholds else next(iter(thresholds))
     return name, thresholds[name]

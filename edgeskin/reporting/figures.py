@@ -87,7 +87,7 @@ def reliability(y, p, path: Path, bins: int = 15, before=None) -> Path:
 
 def threshold_sweep(y, p, points: dict[str, dict], path: Path) -> Path:
     """Sensitivity, specificity and PPV against the threshold."""
-    from edgeskin.metrics import at_threshold
+    from edgeskin.reporting.metrics import at_threshold
 
     plt = _plt()
     ts = np.linspace(0, 1, 201)

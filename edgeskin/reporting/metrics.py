@@ -10,8 +10,8 @@ from __future__ import annotations
 import numpy as np
 from sklearn.metrics import average_precision_score, brier_score_loss, roc_auc_score, roc_curve
 
-from edgeskin import calibration
-from edgeskin.stats import bootstrap  # noqa: F401  (part of this module's API)
+from edgeskin.runtime import calibration
+from edgeskin.reporting.stats import bootstrap  # noqa: F401  (part of this module's API)
 
 SENSITIVITY_TARGETS = (0.90, 0.95, 0.99)
 

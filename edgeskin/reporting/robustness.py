@@ -12,7 +12,9 @@ from __future__ import annotations
 
 import numpy as np
 
-from edgeskin import calibration, metrics, perturb
+from edgeskin.runtime import calibration
+from edgeskin.reporting import metrics
+from edgeskin.data import perturb
 
 
 def _summary(y, p, p_base, thresholds: dict, n_boot: int, seed: int) -> dict:

@@ -22,9 +22,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeskin import calibration, data, metadata
-from edgeskin.stats import bootstrap
-from edgeskin.imageio import ImageError, load_rgb
+from edgeskin.runtime import calibration
+from edgeskin.data import sets
+from edgeskin.runtime import metadata
+from edgeskin.reporting.stats import bootstrap
+from edgeskin.runtime.imageio import ImageError, load_rgb
 from edgeskin.runtime import Classifier
 
 
@@ -38,7 +40,7 @@ class SiteOptions:
     folds: int = 5
     seed: int = 0
     n_boot: int = 1000
-    min_per_class: int = data.MIN_PER_CLASS
+    min_per_class: int = sets.MIN_PER_CLASS
 
     def __post_init__(self):
         if not 0.5 <= self.target_sensitivity <= 1.0:
@@ -56,9 +58,9 @@ class SiteResult:
     report: dict
 
 
-def _samples(source) -> list[data.Sample]:
-    ds = data.discover(source)
-    return [s for name in data.SPLITS for s in ds.split(name)]
+def _samples(source) -> list[sets.Sample]:
+    ds = sets.discover(source)
+    return [s for name in sets.SPLITS for s in ds.split(name)]
 
 
 def raw_scores(classifier: Classifier, samples, progress=None) -> np.ndarray:
@@ -138,7 +140,7 @@ def calibrate(model, source, out, options: SiteOptions = SiteOptions(), progress
         raise SiteCalibrationError(f"{out}: refusing to overwrite the model being calibrated; choose another --out")
     classifier = Classifier(model)
     samples = _samples(source)
-    data.check_classes(samples, f"{source}: site data", options.min_per_class)
+    sets.check_classes(samples, f"{source}: site data", options.min_per_class)
     y = np.array([s.label for s in samples])
     raw = raw_scores(classifier, samples, progress)
     before = classifier.score_calibration.apply(raw) if classifier.score_calibration else raw

@@ -15,9 +15,9 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeskin import calibration, metadata
-from edgeskin import gate as gate_lib
-from edgeskin.imageio import ImageError, open_rgb, to_model_input
+from edgeskin.runtime import calibration, metadata
+from edgeskin.runtime import gate as gate_lib
+from edgeskin.runtime.imageio import ImageError, open_rgb, to_model_input
 
 MALIGNANT, BENIGN, UNUSABLE = "malignant", "benign", "unusable"
 DEFAULT_MODEL_NAME = "edgeskin_int8.tflite"
@@ -46,8 +46,8 @@ def _interpreter_class():
 
 def default_model(name: str = DEFAULT_MODEL_NAME) -> Path:
     """A shipped model file: installed beside the package, or in the checkout's models/."""
-    here = Path(__file__).resolve().parent
-    for folder in (here / "models", here.parent / "models"):
+    package = Path(__file__).resolve().parent.parent  # edgeskin/
+    for folder in (package / "models", package.parent / "models"):
         if (folder / name).is_file():
             return folder / name
     raise RuntimeModelError(f"no shipped model {name} found; pass --model FILE")

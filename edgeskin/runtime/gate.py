@@ -208,14 +208,14 @@ def fit_on_splits(train_samples, val_samples, size: int) -> tuple[Gate, dict]:
     calibration pool (validation as stored and at the deployment qualities) setting the domain threshold."""
     from PIL import Image
 
-    from edgeskin import data, perturb
+    from edgeskin.data import perturb, sets
 
-    x = data.load_images(train_samples, size)
+    x = sets.load_images(train_samples, size)
     sizes = []
     for sample in train_samples:
         with Image.open(sample.path) as im:
             sizes.append(im.size)
-    xv = data.load_images(val_samples, size)
+    xv = sets.load_images(val_samples, size)
     gate, rates = fit(np.concatenate([x, perturb.deployment_pool(x, (75,))]), sizes + sizes,
                       np.concatenate([xv, perturb.deployment_pool(xv)]))
     return gate, rates

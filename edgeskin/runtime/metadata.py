@@ -207,7 +207,7 @@ def standard_metadata(info: dict) -> bytes:
     """TFLite Model Metadata (the M001 flatbuffer) describing an edgeskin model."""
     import flatbuffers
 
-    from edgeskin._vendor import metadata_schema_py_generated as md
+    from edgeskin.runtime._vendor import metadata_schema_py_generated as md
 
     image = _image_metadata(md, info)
     outputs = {PROBABILITIES: _probabilities_metadata, DIAGNOSIS: _diagnosis_metadata}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeskin.data import LABELS
+from edgeskin.data.sets import LABELS
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def overlay(pixels: np.ndarray, heatmap: np.ndarray, opacity: float = 0.4) -> np
 
 
 def explain(model, path, opacity: float = 0.4) -> Explanation:
-    from edgeskin.imageio import load_rgb
+    from edgeskin.runtime.imageio import load_rgb
 
     size = int(model.input_shape[1])
     pixels = load_rgb(path, size)

@@ -17,9 +17,12 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeskin import __version__, calibration, data, metadata
-from edgeskin import model as model_lib
-from edgeskin import train as train_lib
+from edgeskin import __version__
+from edgeskin.runtime import calibration
+from edgeskin.data import sets
+from edgeskin.runtime import metadata
+from edgeskin.training import model as model_lib
+from edgeskin.training import train as train_lib
 from edgeskin.runtime import Classifier
 
 
@@ -80,7 +83,7 @@ def _run_parts(source: Path):
     run_dir = source if source.is_dir() else source.parent
     run = train_lib.load_run(run_dir)
     keras_path = source if source.is_file() else run_dir / "model.keras"
-    splits = data.discover(run_dir / "splits.csv")
+    splits = sets.discover(run_dir / "splits.csv")
     # Runs saved before the diagnosis logits were centred get it here; the probabilities are unchanged.
     return model_lib.centre_diagnosis_logits(model_lib.load(keras_path)), run, splits
 
@@ -101,7 +104,7 @@ def _primary_first(tflite: bytes) -> bytes:
     if len(graph.outputs) < 2:
         return tflite
     size = {i: int(np.prod(graph.tensors[i].shape)) for i in graph.outputs}
-    graph.outputs = sorted(graph.outputs, key=lambda i: size[i] != len(data.LABELS))
+    graph.outputs = sorted(graph.outputs, key=lambda i: size[i] != len(sets.LABELS))
     builder = flatbuffers.Builder(len(tflite) + 4096)
     builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
@@ -143,7 +146,7 @@ def build_info(run: dict, options: ExportOptions, image_size: int, points, check
         "name": "edgeskin",
         "version": __version__,
         "description": "Benign / malignant classifier for dermoscopic images. A screening aid, not a diagnosis.",
-        "labels": list(data.LABELS),
+        "labels": list(sets.LABELS),
         "input": {"size": image_size, "channels": "RGB", "dtype": "uint8" if options.quantization == "int8" else "float32",
                   "range": [0, 255], "resize": "centre-crop to square, then bilinear resize"},
         "output": "probabilities for [benign, malignant]; apply score_calibration (Platt, on the inverse logistic)"
@@ -173,7 +176,7 @@ def _calibration_data(splits, run: dict, size: int):
     qualities = run["calibration"].get("calibration_qualities", [])
     if qualities:
         return train_lib.calibration_pool(splits.val, size, tuple(qualities))
-    return data.load_images(splits.val, size), np.array([s.label for s in splits.val])
+    return sets.load_images(splits.val, size), np.array([s.label for s in splits.val])
 
 
 def _raw_scores(tflite: bytes, x: np.ndarray, diagnoses) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
@@ -182,7 +185,7 @@ def _raw_scores(tflite: bytes, x: np.ndarray, diagnoses) -> tuple[np.ndarray, np
     and the names of the file's output tensors in the file's own order."""
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.tflite"
-        probe.write_bytes(metadata.embed_json(tflite, {"labels": list(data.LABELS), "diagnoses": list(diagnoses)}))
+        probe.write_bytes(metadata.embed_json(tflite, {"labels": list(sets.LABELS), "diagnoses": list(diagnoses)}))
         classifier = Classifier(probe, num_threads=os.cpu_count())
         raw = [classifier.raw_outputs(v) for v in x]
         order = classifier.output_names()
@@ -222,7 +225,7 @@ def _diagnosis_checks(dx_float, dx_new, splits, run: dict, diagnoses) -> dict:
 
 def _gate(source: Path, splits, size: int, log) -> dict:
     """The run's input-quality and domain gate: saved by train, or fitted here the same way for older runs."""
-    from edgeskin import gate as gate_lib
+    from edgeskin.runtime import gate as gate_lib
 
     run_dir = source if source.is_dir() else source.parent
     saved = run_dir / train_lib.GATE_FILE
@@ -243,7 +246,7 @@ def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> 
     size = int(serving.input_shape[1])
     rng = np.random.default_rng(options.seed)
     pick = rng.permutation(len(splits.train))[: options.representative_images]
-    representative = data.load_images([splits.train[i] for i in sorted(pick)], size)
+    representative = sets.load_images([splits.train[i] for i in sorted(pick)], size)
     x_val, y_val = _calibration_data(splits, run, size)
     log(f"converting to {options.quantization} ({len(representative)} representative training images)")
     tflite = _primary_first(_convert(serving, options, representative))

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeskin.data import LABELS
+from edgeskin.data.sets import LABELS
 
 WEIGHTS_FILE = "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
 # Layer names of MobileNetV2 from which fine-tuning may start.

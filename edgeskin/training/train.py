@@ -24,8 +24,11 @@ from pathlib import Path
 
 import numpy as np
 
-from edgeskin import __version__, augment, calibration, data, dedup, perturb
-from edgeskin import model as model_lib
+from edgeskin import __version__
+from edgeskin.data import augment
+from edgeskin.runtime import calibration
+from edgeskin.data import dedup, perturb, sets
+from edgeskin.training import model as model_lib
 
 RUN_FILES = ("config.json", "splits.csv", "history.csv", "best.keras", "model.keras", "calibration.json", "gate.json")
 AUDIT_DIR = "audit"
@@ -226,7 +229,7 @@ def diagnosis_report(probabilities, dx_index) -> dict:
     known = dx_index >= 0
     if not known.any():
         return {"images": 0, "balanced_accuracy": float("nan"), "top3_accuracy": float("nan")}
-    from edgeskin import metrics
+    from edgeskin.reporting import metrics
 
     p, d = np.asarray(probabilities)[known], dx_index[known]
     pred = p.argmax(axis=1)
@@ -293,14 +296,14 @@ def calibration_pool(samples, size: int, qualities=perturb.DEPLOYMENT_QUALITIES)
     Shared with export, so the int8 model's operating points are re-derived
     on exactly the images the float model's were chosen on.
     """
-    x = data.load_images(samples, size)
+    x = sets.load_images(samples, size)
     y = np.array([s.label for s in samples], dtype=np.int64)
     return perturb.deployment_pool(x, qualities), np.tile(y, len(qualities))
 
 
-def _load_arrays(dataset: data.Dataset, options: TrainOptions) -> _Arrays:
+def _load_arrays(dataset: sets.Dataset, options: TrainOptions) -> _Arrays:
     size, diagnoses, copies = options.model.image_size, options.model.diagnoses, len(options.calibration_qualities)
-    x_train = augment.harmonize(data.load_images(dataset.train, size), options.augmentation)
+    x_train = augment.harmonize(sets.load_images(dataset.train, size), options.augmentation)
     y_train = np.array([s.label for s in dataset.train], dtype=np.int64)
     x_cal, y_cal = calibration_pool(dataset.val, size, options.calibration_qualities)
     dx_cal = np.array([diagnoses.index(s.dx) if s.dx and diagnoses else -1 for s in dataset.val] * copies, dtype=np.int64)
@@ -309,10 +312,10 @@ def _load_arrays(dataset: data.Dataset, options: TrainOptions) -> _Arrays:
                    np.array([s.source for s in dataset.val] * copies))
 
 
-def _start_run(source, run_dir: Path, dataset: data.Dataset, options: TrainOptions, command, log) -> dict:
+def _start_run(source, run_dir: Path, dataset: sets.Dataset, options: TrainOptions, command, log) -> dict:
     """Clear the folder, write the splits, the audit and the config; return the config."""
     _clear_run_dir(run_dir)
-    data.write_manifest(run_dir / "splits.csv", {"train": dataset.train, "val": dataset.val})
+    sets.write_manifest(run_dir / "splits.csv", {"train": dataset.train, "val": dataset.val})
     flags = _audit_training_data(dataset, run_dir / AUDIT_DIR, options, log)
     config = {
         "edgeskin_version": __version__,
@@ -320,7 +323,7 @@ def _start_run(source, run_dir: Path, dataset: data.Dataset, options: TrainOptio
         "cpus": os.cpu_count(),
         "data": " + ".join(str(Path(s).resolve()) for s in source),
         "counts": dataset.counts(),
-        "sources": {name: data.source_counts(dataset.split(name)) for name in ("train", "val")},
+        "sources": {name: sets.source_counts(dataset.split(name)) for name in ("train", "val")},
         "notes": list(dataset.notes),
         "audit_flags": flags,
         "options": asdict(options),
@@ -329,9 +332,9 @@ def _start_run(source, run_dir: Path, dataset: data.Dataset, options: TrainOptio
     return config
 
 
-def _audit_training_data(dataset: data.Dataset, out: Path, options: TrainOptions, log) -> list[str]:
+def _audit_training_data(dataset: sets.Dataset, out: Path, options: TrainOptions, log) -> list[str]:
     """Shortcut audit of the training images (train and val), kept in the run folder."""
-    from edgeskin import audit
+    from edgeskin.data import audit
 
     report = audit.audit(dataset.train + dataset.val, out, seed=options.seed, n_boot=200,
                          max_distance=options.max_duplicate_distance,
@@ -523,12 +526,12 @@ def _calibrate(net, arrays: _Arrays, run_dir: Path, options: TrainOptions) -> tu
     return temperature, points, p, val_auc
 
 
-def _json_keys(report: dict, diagnoses=data.DIAGNOSES) -> dict:
+def _json_keys(report: dict, diagnoses=sets.DIAGNOSES) -> dict:
     """The report with diagnosis names, not indices, as recall keys."""
     return {**report, "recall": {diagnoses[k]: v for k, v in report.get("recall", {}).items()}}
 
 
-def _per_source(p, y, arrays: _Arrays, points, outputs, diagnoses=data.DIAGNOSES) -> dict:
+def _per_source(p, y, arrays: _Arrays, points, outputs, diagnoses=sets.DIAGNOSES) -> dict:
     """Validation figures of each source on its own, so that a large source cannot hide a poor one."""
     screening = points[calibration.DEFAULT_OPERATING_POINT].threshold
     out = {}
@@ -548,8 +551,8 @@ def _per_source(p, y, arrays: _Arrays, points, outputs, diagnoses=data.DIAGNOSES
 def _write_evaluation(run_dir: Path, y, p, points, temperature) -> None:
     """The same evaluation that `edgeskin evaluate` writes, on the calibration
     pool, so every run can be judged without touching a test set."""
-    from edgeskin.evaluate import report_files
-    from edgeskin.metrics import json_safe
+    from edgeskin.reporting.evaluate import report_files
+    from edgeskin.reporting.metrics import json_safe
 
     report = report_files(y, p, {k: v.threshold for k, v in points.items()}, run_dir / "evaluation",
                           temperature, history=run_dir / "history.csv")
@@ -557,9 +560,9 @@ def _write_evaluation(run_dir: Path, y, p, points, temperature) -> None:
                 json_safe({"data": {"split": "validation (calibration pool)"}, "metrics": report}))
 
 
-def _fit_gate(dataset: data.Dataset, run_dir: Path, options: TrainOptions, log) -> None:
+def _fit_gate(dataset: sets.Dataset, run_dir: Path, options: TrainOptions, log) -> None:
     """The input-quality and domain gate, fitted on this run's images and saved with it (see gate.py)."""
-    from edgeskin import gate as gate_lib
+    from edgeskin.runtime import gate as gate_lib
 
     gate, rates = gate_lib.fit_on_splits(dataset.train, dataset.val, options.model.image_size)
     log(f"gate: {rates['calibration_pass_rate']:.1%} of the calibration pool passes")
@@ -571,18 +574,18 @@ def _timed(log, started: float):
     return lambda message: log(f"[{(time.time() - started) / 60:5.1f} min] {message}")
 
 
-def _dataset(sources, options: TrainOptions, log) -> tuple[data.Dataset, TrainOptions]:
+def _dataset(sources, options: TrainOptions, log) -> tuple[sets.Dataset, TrainOptions]:
     """The data, split; and the options with the diagnosis head switched on when the data names diagnoses."""
-    dataset = data.split_validation(data.discover_many(sources), options.val_fraction, options.seed,
+    dataset = sets.split_validation(sets.discover_many(sources), options.val_fraction, options.seed,
                                     options.max_duplicate_distance)
     for note in dataset.notes:
         log(note)
     log(f"train: {dataset.counts()['train']}  val: {dataset.counts()['val']}  (test splits are never read by train)")
-    for name, counts in data.source_counts(dataset.val).items():
+    for name, counts in sets.source_counts(dataset.val).items():
         log(f"  val from {name}: {counts}")
     if any(s.dx for s in dataset.train) and not options.model.diagnoses:
-        options = replace(options, model=replace(options.model, diagnoses=data.DIAGNOSES))
-        log(f"diagnosis head: {len(data.DIAGNOSES)} diagnoses, trained on the "
+        options = replace(options, model=replace(options.model, diagnoses=sets.DIAGNOSES))
+        log(f"diagnosis head: {len(sets.DIAGNOSES)} diagnoses, trained on the "
             f"{sum(1 for s in dataset.train if s.dx)} training images that have one")
     return dataset, options
 
@@ -591,7 +594,7 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
           command: str | None = None) -> RunResult:
     """Audit, train, select, calibrate and save one model into run_dir.
 
-    source is one data set or a list of them, trained on as one (data.discover_many).
+    source is one data set or a list of them, trained on as one (sets.discover_many).
     """
     started = time.time()
     log = _timed(log, started)
@@ -600,7 +603,7 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     dataset, options = _dataset(sources, options, log)
     arrays = _load_arrays(dataset, options)
-    data.check_classes(dataset.val, "calibration (validation) split", data.MIN_PER_CLASS)
+    sets.check_classes(dataset.val, "calibration (validation) split", sets.MIN_PER_CLASS)
     config = _start_run(sources, run_dir, dataset, options, command, log)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
