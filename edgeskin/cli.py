@@ -86,7 +86,8 @@ def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size,
     """
     from edgeskin.data.augment import AugmentOptions
     from edgeskin.training.model import ModelOptions
-    from edgeskin.training.train import TrainOptions, train as run_training
+    from edgeskin.training.options import TrainOptions
+    from edgeskin.training.train import train as run_training
 
     options = TrainOptions(
         model=ModelOptions(image_size=image_size, alpha=float(alpha), weights=weights),

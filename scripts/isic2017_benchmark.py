@@ -24,7 +24,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgeskin import data  # noqa: E402
+from edgeskin.data import sets  # noqa: E402
 
 
 def main() -> int:

@@ -80,7 +80,8 @@ def tiny_run(tmp_path_factory, tiny_weights):
     """A run folder trained on synthetic data, and its int8 export."""
     from edgeskin.training.export import ExportOptions, export
     from edgeskin.training.model import ModelOptions
-    from edgeskin.training.train import TrainOptions, train
+    from edgeskin.training.options import TrainOptions
+    from edgeskin.training.train import train
 
     root = tmp_path_factory.mktemp("tiny")
     # 110 a class, so that the 20% calibration split holds the 20 images of
@@ -140,7 +141,8 @@ def tiny_dx_run(tmp_path_factory, tiny_weights):
     """A run with a diagnosis head, trained on a synthetic two-source manifest, and its int8 export."""
     from edgeskin.training.export import ExportOptions, export
     from edgeskin.training.model import ModelOptions
-    from edgeskin.training.train import TrainOptions, train
+    from edgeskin.training.options import TrainOptions
+    from edgeskin.training.train import train
 
     root = tmp_path_factory.mktemp("tiny_dx")
     manifest = write_multisource_manifest(root / "data", 400)

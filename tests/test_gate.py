@@ -10,6 +10,7 @@ from PIL import Image, ImageDraw, ImageFilter
 
 from conftest import lesion
 from edgeskin.runtime import gate as gate_lib
+from edgeskin.training import gate as gate_fit
 from edgeskin.cli import main
 
 
@@ -21,7 +22,7 @@ def _in_domain(n=120, size=64, seed=0):
 @pytest.fixture(scope="module")
 def fitted():
     x = _in_domain(600)
-    gate, rates = gate_lib.fit(x, [(64, 64)] * len(x), _in_domain(200, seed=1))
+    gate, rates = gate_fit.fit(x, [(64, 64)] * len(x), _in_domain(200, seed=1))
     return gate, rates
 
 

@@ -10,7 +10,7 @@ import pytest
 
 from conftest import lesion, write_class_folders, write_multisource_manifest
 from edgeskin.data import sets
-from edgeskin.training.train import diagnosis_targets, sample_weights
+from edgeskin.training.arrays import diagnosis_targets, sample_weights
 
 
 def _split_of(ds: sets.Dataset) -> dict[str, str]:
@@ -118,7 +118,8 @@ def test_diagnosis_targets_weight_rare_diagnoses_and_zero_the_unknown():
 @pytest.mark.slow
 def test_the_time_budget_stops_fine_tuning_and_the_run_still_finishes(tmp_path, tiny_weights):
     from edgeskin.training.model import ModelOptions
-    from edgeskin.training.train import TrainOptions, train
+    from edgeskin.training.options import TrainOptions
+    from edgeskin.training.train import train
 
     manifest = write_multisource_manifest(tmp_path / "m", 200)
     options = TrainOptions.for_smoke_test(model=ModelOptions(image_size=64, alpha=0.35, weights=str(tiny_weights)),

@@ -9,7 +9,7 @@ from click.testing import CliRunner
 from sklearn.metrics import roc_auc_score
 
 from edgeskin.cli import main
-from edgeskin.training.train import RUN_FILES
+from edgeskin.training.run import RUN_FILES
 from conftest import TINY_TEST_PER_CLASS, TINY_TRAIN_PER_CLASS
 
 pytestmark = pytest.mark.slow

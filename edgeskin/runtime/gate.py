@@ -16,7 +16,8 @@ gate checks each image before its malignant_probability is trusted:
 
 numpy only, so the runtime runs it on the device; its parameters travel in
 the model's metadata ("gate") and need no change to the model graph, so
-MediaPipe reads the model exactly as before.
+MediaPipe reads the model exactly as before. Fitting it is training's job
+(edgeskin/training/gate.py).
 """
 
 from __future__ import annotations
@@ -41,7 +42,7 @@ REASON_TEXT = {
 # rate the out-of-domain threshold must give on the calibration pool.
 QUALITY_TAIL = 0.001
 DOMAIN_PASS = 0.995
-_SHRINK = 0.1  # covariance shrinkage towards its diagonal, for a stable inverse
+SHRINK = 0.1  # covariance shrinkage towards its diagonal, for a stable inverse
 
 
 def _luma(pixels: np.ndarray) -> np.ndarray:
@@ -167,55 +168,3 @@ class Gate:
             return cls(**{**known, "mean": tuple(map(float, d["mean"])), "precision": tuple(map(float, d["precision"]))})
         except (TypeError, KeyError, ValueError) as exc:
             raise ValueError(f"gate: unreadable parameters ({exc})") from exc
-
-
-def fit(train_images: np.ndarray, train_sizes, calibration_images: np.ndarray) -> tuple[Gate, dict]:
-    """Fit every limit on in-domain images, and the domain threshold on the calibration pool.
-
-    train_images: (n, size, size, 3) uint8 training images, ideally stored and
-    re-encoded; train_sizes: their original (width, height); calibration_images:
-    the calibration pool. Returns the gate and the pass rates it measured.
-    """
-    stats = [quality_stats(x) for x in train_images]
-    col = {k: np.array([s[k] for s in stats]) for k in stats[0]}
-    sizes = np.asarray(train_sizes, dtype=np.float64)
-    feats = np.stack([domain_features(x) for x in train_images])
-    mean = feats.mean(axis=0)
-    cov = np.cov(feats, rowvar=False)
-    cov = (1 - _SHRINK) * cov + _SHRINK * np.diag(np.diag(cov)) + 1e-9 * np.eye(len(mean))
-    precision = np.linalg.inv(cov)
-    partial = Gate(
-        # Size and aspect: the training images rarely vary in either, so the
-        # limit is half the smallest short side and twice the widest aspect seen.
-        min_short_side=float(sizes.min(axis=1).min() / 2), max_aspect=float(2 * (sizes.max(axis=1) / sizes.min(axis=1)).max()),
-        min_contrast=float(np.quantile(col["contrast"], QUALITY_TAIL)),
-        max_overexposed=float(np.quantile(col["overexposed"], 1 - QUALITY_TAIL)),
-        max_underexposed=float(np.quantile(col["underexposed"], 1 - QUALITY_TAIL)),
-        min_sharpness=float(np.quantile(col["sharpness"], QUALITY_TAIL)),
-        mean=tuple(map(float, mean)), precision=tuple(map(float, precision.ravel())), max_distance=1e9,
-    )
-    d_cal = np.array([partial.distance(x) for x in calibration_images])
-    gate = Gate(**{**asdict(partial), "max_distance": float(np.quantile(d_cal, DOMAIN_PASS))})
-    square = (calibration_images.shape[2], calibration_images.shape[1])
-    passed_cal = np.mean([not gate.reasons(square, x) for x in calibration_images])
-    passed_train = np.mean([not gate.reasons(tuple(s), x) for s, x in zip(sizes.astype(int), train_images)])
-    return gate, {"calibration_pass_rate": float(passed_cal), "training_pass_rate": float(passed_train),
-                  "calibration_images": int(len(calibration_images)), "training_images": int(len(train_images))}
-
-
-def fit_on_splits(train_samples, val_samples, size: int) -> tuple[Gate, dict]:
-    """The gate of a run: fitted on its training images, stored and re-encoded at JPEG q75, with the
-    calibration pool (validation as stored and at the deployment qualities) setting the domain threshold."""
-    from PIL import Image
-
-    from edgeskin.data import perturb, sets
-
-    x = sets.load_images(train_samples, size)
-    sizes = []
-    for sample in train_samples:
-        with Image.open(sample.path) as im:
-            sizes.append(im.size)
-    xv = sets.load_images(val_samples, size)
-    gate, rates = fit(np.concatenate([x, perturb.deployment_pool(x, (75,))]), sizes + sizes,
-                      np.concatenate([xv, perturb.deployment_pool(xv)]))
-    return gate, rates

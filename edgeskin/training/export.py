@@ -22,7 +22,9 @@ from edgeskin.runtime import calibration
 from edgeskin.data import sets
 from edgeskin.runtime import metadata
 from edgeskin.training import model as model_lib
-from edgeskin.training import train as train_lib
+from edgeskin.training import run as run_lib
+from edgeskin.training.arrays import calibration_pool
+from edgeskin.training.report import diagnosis_report
 from edgeskin.runtime import Classifier
 
 
@@ -81,7 +83,7 @@ class ExportError(ValueError):
 def _run_parts(source: Path):
     """The serving model, the run's files and its splits, from a run folder (or a model inside one)."""
     run_dir = source if source.is_dir() else source.parent
-    run = train_lib.load_run(run_dir)
+    run = run_lib.load_run(run_dir)
     keras_path = source if source.is_file() else run_dir / "model.keras"
     splits = sets.discover(run_dir / "splits.csv")
     # Runs saved before the diagnosis logits were centred get it here; the probabilities are unchanged.
@@ -175,7 +177,7 @@ def _calibration_data(splits, run: dict, size: int):
     pool that training used (older runs, without one, the plain split)."""
     qualities = run["calibration"].get("calibration_qualities", [])
     if qualities:
-        return train_lib.calibration_pool(splits.val, size, tuple(qualities))
+        return calibration_pool(splits.val, size, tuple(qualities))
     return sets.load_images(splits.val, size), np.array([s.label for s in splits.val])
 
 
@@ -217,7 +219,7 @@ def _diagnosis_checks(dx_float, dx_new, splits, run: dict, diagnoses) -> dict:
     and its balanced accuracy on the calibration pool's images that have a diagnosis."""
     copies = max(1, len(run["calibration"].get("calibration_qualities", [])))
     index = np.array([diagnoses.index(s.dx) if s.dx in diagnoses else -1 for s in splits.val] * copies)
-    report = train_lib.diagnosis_report(dx_new, index)
+    report = diagnosis_report(dx_new, index)
     return {"diagnosis_top1_agreement": float(np.mean(np.argmax(dx_float, 1) == np.argmax(dx_new, 1))),
             "diagnosis_balanced_accuracy": report["balanced_accuracy"],
             "diagnosis_top3_accuracy": report["top3_accuracy"]}
@@ -225,14 +227,14 @@ def _diagnosis_checks(dx_float, dx_new, splits, run: dict, diagnoses) -> dict:
 
 def _gate(source: Path, splits, size: int, log) -> dict:
     """The run's input-quality and domain gate: saved by train, or fitted here the same way for older runs."""
-    from edgeskin.runtime import gate as gate_lib
+    from edgeskin.training import gate as gate_fit
 
     run_dir = source if source.is_dir() else source.parent
-    saved = run_dir / train_lib.GATE_FILE
+    saved = run_dir / run_lib.GATE_FILE
     if saved.is_file():
         return json.loads(saved.read_text())
     log("fitting the input gate on the run's splits (the run predates it)")
-    gate, rates = gate_lib.fit_on_splits(splits.train, splits.val, size)
+    gate, rates = gate_fit.fit_on_splits(splits.train, splits.val, size)
     return {**gate.to_dict(), "checks": {**rates, "fitted": "at export, from the run's splits.csv"}}
 
 
