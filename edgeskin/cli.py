@@ -47,9 +47,11 @@ def main():
 
 
 @main.command()
-@click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
+@click.argument("data", nargs=-1, type=click.Path(exists=True))
 @click.option("--out", "out", type=click.Path(file_okay=False), default="runs/latest", show_default=True,
               help="Run folder to write.")
+@click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Continue this stopped run from its last finished epoch, with its own data and options.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a path to backbone weights (.h5).")
 @click.option("--image-size", type=click.IntRange(32, 1024), default=224, show_default=True)
@@ -59,6 +61,18 @@ def main():
 @click.option("--head-epochs", type=click.IntRange(1), default=40, show_default=True)
 @click.option("--fine-tune-epochs", type=click.IntRange(0), default=25, show_default=True)
 @click.option("--fine-tune-from", default="block_11_expand", show_default=True, help="First backbone layer to unfreeze.")
+@click.option("--fine-tune-lr", type=click.FloatRange(0, min_open=True), default=1e-4, show_default=True,
+              help="Peak learning rate of fine-tuning (after a one-epoch warm-up, then cosine decay).")
+@click.option("--train-image-size", type=click.IntRange(32, 1024), default=None,
+              help="Fine-tune at this size; validation, calibration and the device use --image-size.  [default: --image-size]")
+@click.option("--diagnosis-loss", type=click.Choice(["weighted", "balanced_softmax"]), default="weighted", show_default=True)
+@click.option("--label-smoothing", type=click.FloatRange(0, 1, max_open=True), default=0.0, show_default=True,
+              help="On the diagnosis targets (balanced_softmax only).")
+@click.option("--diagnosis-in-fine-tuning/--diagnosis-after-fine-tuning", default=False, show_default=True,
+              help="Let the diagnosis loss into fine-tuning, or refit the diagnosis head on the fine-tuned features.")
+@click.option("--dx-loss-weight", type=click.FloatRange(0), default=0.5, show_default=True)
+@click.option("--select-on", type=click.Choice(["auc", "auc+dx"]), default="auc", show_default=True,
+              help="What picks the best epoch: the AUC, or the AUC plus the diagnosis balanced accuracy.")
 @click.option("--patience", type=click.IntRange(1), default=5, show_default=True,
               help="Epochs without a better validation AUC before a phase stops.")
 @click.option("--loss", type=click.Choice(["bce", "focal"]), default="bce", show_default=True)
@@ -71,8 +85,9 @@ def main():
               help="Minutes: stop fine-tuning before an epoch that would end later than this after the start.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @_friendly
-def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,
-          fine_tune_from, patience, loss, class_weights, augment, head_copies, time_budget, overwrite):
+def train(data, out, resume_dir, seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,
+          fine_tune_from, fine_tune_lr, train_image_size, diagnosis_loss, label_smoothing, diagnosis_in_fine_tuning,
+          dx_loss_weight, select_on, patience, loss, class_weights, augment, head_copies, time_budget, overwrite):
     """Fine-tune MobileNetV2 on one or more DATA sets and calibrate its threshold.
 
     Each DATA is a folder with train/ (and optional val/, test/) holding
@@ -83,21 +98,31 @@ def train(data, out, seed, weights, image_size, alpha, val_fraction, batch_size,
     head is trained beside the benign/malignant one.
 
     Example: edgeskin train ../shared/data/isic-binary ../shared/data/ham10000 --out runs/multi --seed 42
+
+    A stopped run goes on with: edgeskin train --resume runs/multi
     """
     from edgeskin.data.augment import AugmentOptions
     from edgeskin.training.model import ModelOptions
     from edgeskin.training.options import TrainOptions
-    from edgeskin.training.train import train as run_training
+    from edgeskin.training.train import resume, train as run_training
 
-    options = TrainOptions(
-        model=ModelOptions(image_size=image_size, alpha=float(alpha), weights=weights),
-        seed=seed, val_fraction=val_fraction, batch_size=batch_size, head_epochs=head_epochs,
-        fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, patience=patience, loss=loss,
-        class_weights=class_weights, augmentation=AugmentOptions() if augment else AugmentOptions.off(),
-        head_copies=head_copies, time_budget_minutes=time_budget,
-    )
-    command = "edgeskin " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
-    result = run_training(data, out, options, overwrite=overwrite, log=click.echo, command=command)
+    if bool(data) == bool(resume_dir):
+        raise click.UsageError("give DATA to start a run, or --resume RUN to continue one (not both)")
+    if resume_dir:
+        result = resume(resume_dir, log=click.echo)
+    else:
+        options = TrainOptions(
+            model=ModelOptions(image_size=image_size, alpha=float(alpha), weights=weights),
+            seed=seed, val_fraction=val_fraction, batch_size=batch_size, head_epochs=head_epochs,
+            fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, fine_tune_learning_rate=fine_tune_lr,
+            train_image_size=train_image_size, diagnosis_loss=diagnosis_loss, label_smoothing=label_smoothing,
+            diagnosis_in_fine_tuning=diagnosis_in_fine_tuning, diagnosis_loss_weight=dx_loss_weight, select_on=select_on,
+            patience=patience, loss=loss, class_weights=class_weights,
+            augmentation=AugmentOptions() if augment else AugmentOptions.off(), head_copies=head_copies,
+            time_budget_minutes=time_budget,
+        )
+        command = "edgeskin " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
+        result = run_training(data, out, options, overwrite=overwrite, log=click.echo, command=command)
     click.echo(f"validation AUC {result.val_auc:.4f}, temperature {result.temperature:.3f}, {result.seconds / 60:.1f} min")
     for point in result.operating_points.values():
         click.echo(f"  {point.name:<10} threshold {point.threshold:.4f}  "

@@ -65,6 +65,29 @@ class Arrays:
     dx_cal: np.ndarray  # diagnosis index per pool image, -1 where none
     source_cal: np.ndarray  # source name per pool image
 
+    def epoch_view(self, quality: int = 75, qualities=perturb.DEPLOYMENT_QUALITIES) -> slice:
+        """The pool's images at one quality: what each epoch is judged on.
+
+        The pool holds every validation image once per deployment quality;
+        one copy ranks epochs as well as all three, at a third of the cost
+        of a pass over the pool at full size after every epoch.
+        """
+        n = len(self.y_cal) // len(qualities)
+        i = qualities.index(quality) if quality in qualities else 0
+        return slice(i * n, (i + 1) * n) if len(qualities) > 1 else slice(None)
+
+    def log_prior(self) -> np.ndarray:
+        """log of each diagnosis's share of the training images that have one (balanced softmax).
+
+        A diagnosis no training image has gets 0, as if it were certain: the
+        loss then pushes its raw logit down like any wrong class's, where a
+        very negative prior would leave it untouched and, at inference
+        (raw logits, no prior), the most probable diagnosis of every image.
+        """
+        counts = (self.d_train > 0).sum(axis=0).astype(np.float64)
+        share = counts / max(counts.sum(), 1.0)
+        return np.where(counts > 0, np.log(np.maximum(share, 1e-12)), 0.0).astype(np.float32)
+
     def targets(self, idx=slice(None), copies: int = 1):
         """The training targets and loss weights for the model's outputs (one or two)."""
         y = np.tile(self.y_train[idx], copies).astype(np.float32)
@@ -87,12 +110,14 @@ def calibration_pool(samples, size: int, qualities=perturb.DEPLOYMENT_QUALITIES)
 
 def load_arrays(dataset: sets.Dataset, options: TrainOptions) -> Arrays:
     size, diagnoses, copies = options.model.image_size, options.model.diagnoses, len(options.calibration_qualities)
-    x_train = augment.harmonize(sets.load_images(dataset.train, size), options.augmentation)
+    x_train = augment.harmonize(sets.load_images(dataset.train, options.fit_size), options.augmentation)
+    # The balanced softmax takes the prior into its logits, so its targets stay unweighted.
+    weighting = options.diagnosis_weighting if options.diagnosis_loss == "weighted" else "none"
     y_train = np.array([s.label for s in dataset.train], dtype=np.int64)
     x_cal, y_cal = calibration_pool(dataset.val, size, options.calibration_qualities)
     dx_cal = np.array([diagnoses.index(s.dx) if s.dx and diagnoses else -1 for s in dataset.val] * copies, dtype=np.int64)
     return Arrays(x_train, y_train, sample_weights(dataset.train, options.class_weights),
-                   diagnosis_targets(dataset.train, diagnoses, options.diagnosis_weighting), x_cal, y_cal, dx_cal,
+                   diagnosis_targets(dataset.train, diagnoses, weighting), x_cal, y_cal, dx_cal,
                    np.array([s.source for s in dataset.val] * copies))
 
 
@@ -104,8 +129,12 @@ def augmented_batches(keras, arrays: Arrays, options: TrainOptions):
             # Pillow releases the GIL while it encodes and decodes JPEGs, so
             # threads overlap augmentation with the network's own work.
             super().__init__(workers=2, use_multiprocessing=False)
-            self.epoch = 0
-            self.order = np.random.default_rng((options.seed, 0)).permutation(len(arrays.y_train))
+            self.start_at(0)
+
+        def start_at(self, epoch: int) -> None:
+            """Each epoch's order and augmentation depend only on (seed, epoch): a resumed run draws the same."""
+            self.epoch = epoch
+            self.order = np.random.default_rng((options.seed, epoch)).permutation(len(arrays.y_train))
 
         def __len__(self):
             return int(np.ceil(len(arrays.y_train) / options.batch_size))
@@ -118,7 +147,6 @@ def augmented_batches(keras, arrays: Arrays, options: TrainOptions):
             return x.astype(np.float32), y, w
 
         def on_epoch_end(self):
-            self.epoch += 1
-            self.order = np.random.default_rng((options.seed, self.epoch)).permutation(len(arrays.y_train))
+            self.start_at(self.epoch + 1)
 
     return Batches()

@@ -1,8 +1,14 @@
-"""The three training phases: the heads on cached frozen features, fine-tuning, the diagnosis head refitted."""
+"""The training phases: (1) the heads on cached frozen features, (2) fine-tuning, (3) the diagnosis head refitted.
+
+The network trains at options.fit_size and is judged at model.image_size,
+the size the device uses: Nets keeps one network of each size and copies the
+weights across (MobileNetV2's weights do not depend on the input size).
+"""
 
 from __future__ import annotations
 
 import time
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -10,137 +16,202 @@ from edgeskin.data import augment
 from edgeskin.runtime import calibration
 from edgeskin.training import model as model_lib
 from edgeskin.training.arrays import Arrays, augmented_batches
+from edgeskin.training.checkpoint import Checkpoint
 from edgeskin.training.options import TrainOptions
 from edgeskin.training.report import auc, diagnosis_report
 
 
-def _validation_callback(keras, predict, arrays: "Arrays", keep_model, patience, start_best=-np.inf,
-                         start_weights=None, deadline: float | None = None):
-    """Early stopping and best-weights selection on validation ROC AUC.
+@dataclass
+class Nets:
+    net: object  # trains, at options.fit_size
+    backbone: object
+    head: object
+    serving: object  # the same weights at model.image_size: validation and calibration use it
 
-    AUC, not accuracy: accuracy rewards a threshold that the calibration step
-    will replace anyway, while AUC measures the ranking it keeps. The
-    diagnosis head's balanced accuracy is logged, but never chooses the epoch:
-    the benign/malignant decision is the primary one. With a deadline (a
-    time.time() value), training stops before an epoch that would end past it.
+    def synced(self):
+        if self.serving is not self.net:
+            self.serving.set_weights(self.net.get_weights())
+        return self.serving
+
+
+def build_nets(options: TrainOptions) -> Nets:
+    serving, backbone, head = model_lib.build(options.model)
+    if options.fit_size == options.model.image_size:
+        return Nets(serving, backbone, head, serving)
+    # Keras keeps ImageNet weights per input size and only the 224 px file is
+    # here, so the smaller network takes the serving network's weights.
+    net, backbone, head = model_lib.build(replace(options.model, image_size=options.fit_size, weights="none"))
+    net.set_weights(serving.get_weights())
+    return Nets(net, backbone, head, serving)
+
+
+class History(list):
+    def add(self, phase: str, h, first_epoch: int = 0) -> None:
+        self.extend({"phase": phase, "epoch": first_epoch + i + 1, **{k: float(v[i]) for k, v in h.history.items()}}
+                    for i in range(len(h.epoch)))
+
+
+def _watch(keras, predict, arrays: Arrays, keep_model, options: TrainOptions, start=None, deadline=None, on_epoch=None):
+    """Early stopping and best-weights selection on the calibration pool (its q75 copy).
+
+    The benign/malignant ROC AUC, not accuracy: accuracy rewards a threshold
+    that calibration replaces anyway, while AUC measures the ranking it keeps.
+    With select_on "auc+dx" the diagnosis balanced accuracy is added, so
+    neither head can improve at the other's cost unnoticed. With a deadline
+    (a time.time() value), training stops before an epoch that would end
+    past it. start: (best score, best weights, epochs without improvement).
     """
-    y_val = arrays.y_cal
+    view = arrays.epoch_view()
+    y_val, dx_val = arrays.y_cal[view], arrays.dx_cal[view]
+    best, best_weights, wait = start or (-np.inf, None, 0)
 
-    class ValidationAUC(keras.callbacks.Callback):
+    class Watch(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.best = start_best
-            self.best_weights = start_weights
-            self.wait = 0
+            self.best, self.best_weights, self.wait, self.improved = best, best_weights, wait, False
             self.started = time.time()
 
         def on_epoch_begin(self, epoch, logs=None):
             self.started = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
-            outputs = predict()
+            outputs = predict(view)
             z = model_lib.malignant_logits(outputs)
-            logs["val_auc"] = auc(z, y_val)
-            logs["val_loss"] = calibration.nll(z, y_val)
+            logs["val_auc"], logs["val_loss"] = auc(z, y_val), calibration.nll(z, y_val)
+            score = logs["val_auc"]
             if isinstance(outputs, (list, tuple)) and len(outputs) > 1:
-                logs["val_dx_balanced_accuracy"] = diagnosis_report(outputs[1], arrays.dx_cal)["balanced_accuracy"]
-            if deadline is not None and time.time() + (time.time() - self.started) > deadline:
-                self.model.stop_training = True
-            if logs["val_auc"] > self.best:
-                self.best, self.best_weights, self.wait = logs["val_auc"], keep_model.get_weights(), 0
+                logs["val_dx_balanced_accuracy"] = diagnosis_report(outputs[1], dx_val)["balanced_accuracy"]
+                if options.select_on == "auc+dx":
+                    score += logs["val_dx_balanced_accuracy"]
+            self.improved = score > self.best
+            if self.improved:
+                self.best, self.best_weights, self.wait = score, keep_model.get_weights(), 0
             else:
                 self.wait += 1
-                if self.wait >= patience:
-                    self.model.stop_training = True
+            if self.wait >= options.patience or (deadline and time.time() + (time.time() - self.started) > deadline):
+                self.model.stop_training = True
+            if on_epoch:
+                on_epoch(epoch, logs, self)
 
-    return ValidationAUC()
+    return Watch()
 
 
-def _loss(keras, options: TrainOptions):
+def _balanced_softmax(keras, log_prior: np.ndarray, smoothing: float):
+    """Cross-entropy on logits + log(prior) (logit adjustment, Menon et al. 2021), with label smoothing.
+
+    The loss sees the prior, so the logits themselves learn balanced
+    posteriors: at inference the softmax of the raw logits ranks a rare
+    dermatofibroma as fairly as a naevus, with no per-class weights (which
+    reached 58x under inverse frequency). A row of zeros (an image with no
+    diagnosis) costs nothing, smoothing included.
+    """
+    ops = keras.ops
+    prior = ops.convert_to_tensor(log_prior[None].astype("float32"))
+    k = float(len(log_prior))
+
+    def diagnosis_loss(y_true, logits):
+        has = ops.sum(y_true, axis=-1, keepdims=True)
+        target = y_true * (1.0 - smoothing) + has * (smoothing / k)
+        return -ops.sum(target * ops.log_softmax(logits + prior, axis=-1), axis=-1)
+
+    return diagnosis_loss
+
+
+def _compile(keras, model, learning_rate, options: TrainOptions, arrays: Arrays, weights=None) -> None:
+    """Compile for one or both outputs; weights are the two losses' weights (default: 1 and diagnosis_loss_weight)."""
     if options.loss == "focal":
         # Focal loss down-weights easy cases, so the hard, ambiguous lesions
         # that decide the screening threshold get more of the gradient.
-        return keras.losses.BinaryFocalCrossentropy(from_logits=True, gamma=2.0)
-    return keras.losses.BinaryCrossentropy(from_logits=True)
-
-
-class History(list):
-    def add(self, phase: str, h) -> None:
-        self.extend({"phase": phase, "epoch": i + 1, **{k: float(v[i]) for k, v in h.history.items()}}
-                    for i in range(len(h.epoch)))
-
-
-def train_head(keras, net, head, arrays: Arrays, options: TrainOptions, history: History, log):
-    """Phase 1: the head on frozen features of several augmented copies of the training set.
-
-    The backbone is frozen, so its features of a given image never change:
-    computing them once per augmented copy lets the head train in seconds,
-    and several copies keep it from learning any one copy's compression.
-    """
-    log(f"phase 1: head on frozen features ({options.head_copies} augmented copies of the training set)")
-    extractor = model_lib.feature_extractor(net)
-    rng = np.random.default_rng(options.seed)
-    f_train = np.concatenate([
-        extractor.predict(augment.augment_batch(arrays.x_train, rng, options.augmentation), batch_size=64, verbose=0)
-        for _ in range(options.head_copies)
-    ])
-    y_train, w_train = arrays.targets(copies=options.head_copies)
-    f_cal = extractor.predict(arrays.x_cal, batch_size=64, verbose=0)
-    _compile(keras, head, options.head_learning_rate, options)
-    watch = _validation_callback(
-        keras, lambda: head.predict(f_cal, batch_size=256, verbose=0), arrays, head, options.patience
-    )
-    h = head.fit(f_train, y_train, sample_weight=w_train, batch_size=options.batch_size, epochs=options.head_epochs,
-                 callbacks=[watch], verbose=2, shuffle=True)
-    history.add("head", h)
-    head.set_weights(watch.best_weights)
-    return watch
-
-
-def _compile(keras, model, learning_rate, options: TrainOptions, weights=None) -> None:
-    """Compile for one or both outputs; weights are the two losses' weights (default: 1 and diagnosis_loss_weight)."""
-    losses = [_loss(keras, options)]
+        losses = [keras.losses.BinaryFocalCrossentropy(from_logits=True, gamma=2.0)]
+    else:
+        losses = [keras.losses.BinaryCrossentropy(from_logits=True)]
     weights = list(weights or (1.0, options.diagnosis_loss_weight))[:1 + bool(options.model.diagnoses)]
-    if options.model.diagnoses:
+    if options.model.diagnoses and options.diagnosis_loss == "balanced_softmax":
+        losses.append(_balanced_softmax(keras, arrays.log_prior(), options.label_smoothing))
+    elif options.model.diagnoses:
         # from_logits with class-weighted one-hot targets: a weighted cross-entropy (see diagnosis_targets).
         losses.append(keras.losses.CategoricalCrossentropy(from_logits=True))
-    model.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=options.clipnorm), loss=losses if len(losses) > 1 else losses[0],
-                  loss_weights=weights if len(weights) > 1 else None)
+    model.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=options.clipnorm),
+                  loss=losses if len(losses) > 1 else losses[0], loss_weights=weights if len(weights) > 1 else None)
 
 
-def fine_tune(keras, net, backbone, arrays: Arrays, options: TrainOptions, history: History, watch, log,
-               started: float) -> None:
-    """Phase 2: fine-tune the top blocks at a low learning rate, for the benign/malignant decision only.
+def _features(extractor, x, batch_size: int = 64) -> np.ndarray:
+    return extractor.predict(x, batch_size=batch_size, verbose=0)
 
-    It starts from the trained head, so the first gradients are not random
-    noise, and keeps the head's best weights unless an epoch beats them on
-    the calibration pool. The learning rate warms up over the first epoch:
-    Adam's first steps move every weight by the full learning rate whatever
-    its gradient: without the warm-up the pooled features' mean fell from
-    0.49 to 0.09 within ten steps at 1e-4. The diagnosis
-    loss is switched off here: let through the backbone, its rare, heavily
-    weighted classes drove the features to saturation (pooled mean 0.5 -> 5
-    in five SGD steps) and the validation AUC from 0.87 to 0.68 in two epochs;
-    the diagnosis head is refitted on the fine-tuned features instead (phase 3).
+
+def train_head(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history: History, log):
+    """Phase 1: the heads on frozen features of augmented copies of the training set.
+
+    The backbone is frozen, so its features of a given image never change:
+    computing them once per augmented copy lets the heads train in seconds,
+    and several copies keep them from learning any one copy's compression.
     """
-    trained = model_lib.set_fine_tuning(backbone, options.fine_tune_from)
-    log(f"phase 2: fine-tuning {trained} backbone layers from {options.fine_tune_from}")
+    log(f"phase 1: heads on frozen features ({options.head_copies} augmented copies of the training set)")
+    extractor = model_lib.feature_extractor(nets.net)
+    rng = np.random.default_rng(options.seed)
+    f_train = np.concatenate([_features(extractor, augment.augment_batch(arrays.x_train, rng, options.augmentation))
+                              for _ in range(options.head_copies)])
+    y_train, w_train = arrays.targets(copies=options.head_copies)
+    f_cal = _features(model_lib.feature_extractor(nets.serving), arrays.x_cal[arrays.epoch_view()])
+    _compile(keras, nets.head, options.head_learning_rate, options, arrays)
+    watch = _watch(keras, lambda view: nets.head.predict(f_cal, batch_size=256, verbose=0), arrays, nets.head, options)
+    h = nets.head.fit(f_train, y_train, sample_weight=w_train, batch_size=options.batch_size,
+                      epochs=options.head_epochs, callbacks=[watch], verbose=2, shuffle=True)
+    history.add("head", h)
+    nets.head.set_weights(watch.best_weights)
+    return watch.best
+
+
+def fine_tune(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history: History, head_best: float, log,
+              clock, checkpoint: Checkpoint) -> None:
+    """Phase 2: fine-tune the backbone from options.fine_tune_from, with a checkpoint after every epoch.
+
+    It starts from the trained heads, so the first gradients are not noise,
+    and keeps the heads' weights unless an epoch beats them. The learning
+    rate warms up over the first epoch: Adam's first steps move every weight
+    by the full learning rate whatever its gradient, and without the warm-up
+    the pooled features' mean fell from 0.49 to 0.09 within ten steps at
+    1e-4. With diagnosis_in_fine_tuning off, the diagnosis loss stays out:
+    under inverse-frequency weights it drove the features to saturation.
+    """
+    trained = model_lib.set_fine_tuning(nets.backbone, options.fine_tune_from)
+    log(f"phase 2: fine-tuning {trained} backbone layers from {options.fine_tune_from} at {options.fit_size} px")
     batches = augmented_batches(keras, arrays, options)
     schedule = keras.optimizers.schedules.CosineDecay(
         options.fine_tune_learning_rate / 100, len(batches) * options.fine_tune_epochs, alpha=0.05,
         warmup_target=options.fine_tune_learning_rate, warmup_steps=len(batches))
-    _compile(keras, net, schedule, options, weights=(1.0, 0.0))
-    deadline = started + 60 * options.time_budget_minutes if options.time_budget_minutes else None
-    watch = _validation_callback(
-        keras, lambda: net.predict(arrays.x_cal, batch_size=64, verbose=0), arrays, net,
-        options.patience, start_best=watch.best, start_weights=net.get_weights(), deadline=deadline,
-    )
-    h = net.fit(batches, epochs=options.fine_tune_epochs, callbacks=[watch], verbose=2)
-    history.add("fine_tune", h)
-    net.set_weights(watch.best_weights)
+    dx_weight = options.diagnosis_loss_weight if options.diagnosis_in_fine_tuning else 0.0
+    _compile(keras, nets.net, schedule, options, arrays, weights=(1.0, dx_weight))
+    first, start = _resume_point(nets, checkpoint, head_best, batches, log)
+    deadline = clock.started + 60 * options.time_budget_minutes if options.time_budget_minutes else None
+
+    def save(epoch, logs, watch):
+        history.append({"phase": "fine_tune", "epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
+        checkpoint.save({"phase": "fine_tune", "epoch": epoch + 1, "best": watch.best, "wait": watch.wait,
+                         "history": list(history), "elapsed_seconds": clock.elapsed()},
+                        nets.net.get_weights(), [v.numpy() for v in nets.net.optimizer.variables],
+                        watch.best_weights if watch.improved else None)
+
+    watch = _watch(keras, lambda view: nets.synced().predict(arrays.x_cal[view], batch_size=64, verbose=0), arrays,
+                   nets.net, options, start=start, deadline=deadline, on_epoch=save)
+    if first < options.fine_tune_epochs:
+        nets.net.fit(batches, epochs=options.fine_tune_epochs, initial_epoch=first, callbacks=[watch], verbose=2)
+    nets.net.set_weights(watch.best_weights)
 
 
-def refit_diagnosis(keras, net, head, arrays: Arrays, options: TrainOptions, history: History, log) -> None:
+def _resume_point(nets: Nets, checkpoint: Checkpoint, head_best: float, batches, log):
+    """The first epoch to run and the early-stopping state: fresh, or from the checkpoint."""
+    state = checkpoint.state()
+    if not state or state["phase"] != "fine_tune":
+        return 0, (head_best, nets.net.get_weights(), 0)
+    nets.net.set_weights(checkpoint.weights("last"))
+    checkpoint.restore_optimizer(nets.net.optimizer, nets.net.trainable_variables)
+    batches.start_at(state["epoch"])
+    log(f"resuming fine-tuning after epoch {state['epoch']} (best so far {state['best']:.4f})")
+    return state["epoch"], (state["best"], checkpoint.weights("best"), state["wait"])
+
+
+def refit_diagnosis(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history: History, log) -> None:
     """Phase 3: the diagnosis head again, on cached features of the fine-tuned backbone.
 
     Fine-tuning moved the features under the head trained in phase 1, so it
@@ -149,36 +220,18 @@ def refit_diagnosis(keras, net, head, arrays: Arrays, options: TrainOptions, his
     the calibration pool's images that have a diagnosis.
     """
     log("phase 3: diagnosis head on the fine-tuned features")
-    extractor = model_lib.feature_extractor(net)
     rng = np.random.default_rng((options.seed, 3))
-    f_train = extractor.predict(augment.augment_batch(arrays.x_train, rng, options.augmentation), batch_size=64, verbose=0)
-    f_cal = extractor.predict(arrays.x_cal, batch_size=64, verbose=0)
+    f_train = _features(model_lib.feature_extractor(nets.net), augment.augment_batch(arrays.x_train, rng, options.augmentation))
+    view = arrays.epoch_view()
+    f_cal = _features(model_lib.feature_extractor(nets.synced()), arrays.x_cal[view])
+    head = nets.head
     head.get_layer("logit").trainable = False
-    _compile(keras, head, options.head_learning_rate, options, weights=(0.0, 1.0))
+    _compile(keras, head, options.head_learning_rate, options, arrays, weights=(0.0, 1.0))
     y, w = arrays.targets()
-    watch = _diagnosis_callback(keras, lambda: head.predict(f_cal, batch_size=256, verbose=0)[1], arrays.dx_cal, head,
-                                options.patience)
+    select = replace(options, select_on="auc+dx")  # the AUC term is constant here: the logit layer is frozen
+    watch = _watch(keras, lambda v: head.predict(f_cal, batch_size=256, verbose=0), arrays, head, select)
     h = head.fit(f_train, y, sample_weight=w, batch_size=options.batch_size, epochs=options.head_epochs,
                  callbacks=[watch], verbose=2, shuffle=True)
     history.add("diagnosis_head", h)
     head.set_weights(watch.best_weights)
     head.get_layer("logit").trainable = True
-
-
-def _diagnosis_callback(keras, predict, dx_cal, keep_model, patience):
-    """Early stopping and best-weights selection on the diagnosis head's balanced accuracy."""
-
-    class DiagnosisBalancedAccuracy(keras.callbacks.Callback):
-        def __init__(self):
-            super().__init__()
-            self.best, self.best_weights, self.wait = -np.inf, keep_model.get_weights(), 0
-
-        def on_epoch_end(self, epoch, logs=None):
-            logs["val_dx_balanced_accuracy"] = diagnosis_report(predict(), dx_cal)["balanced_accuracy"]
-            if logs["val_dx_balanced_accuracy"] > self.best:
-                self.best, self.best_weights, self.wait = logs["val_dx_balanced_accuracy"], keep_model.get_weights(), 0
-            else:
-                self.wait += 1
-                self.model.stop_training = self.wait >= patience
-
-    return DiagnosisBalancedAccuracy()

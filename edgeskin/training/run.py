@@ -22,6 +22,8 @@ import json
 import os
 from pathlib import Path
 
+from edgeskin.training.checkpoint import CHECKPOINT_DIR
+
 
 RUN_FILES = ("config.json", "splits.csv", "history.csv", "best.keras", "model.keras", "calibration.json", "gate.json")
 
@@ -37,9 +39,10 @@ class RunError(ValueError):
 
 
 def check_run_dir(run_dir: Path, overwrite: bool) -> None:
-    existing = [name for name in RUN_FILES if (run_dir / name).exists()]
+    existing = [name for name in RUN_FILES + (CHECKPOINT_DIR,) if (run_dir / name).exists()]
     if existing and not overwrite:
-        raise RunError(f"{run_dir} already holds a run ({', '.join(existing)}); choose another folder or pass --overwrite")
+        resume = " or --resume it" if (run_dir / CHECKPOINT_DIR).exists() else ""
+        raise RunError(f"{run_dir} already holds a run ({', '.join(existing)}); choose another folder, pass --overwrite{resume}")
 
 
 def clear_run_dir(run_dir: Path) -> None:
@@ -52,6 +55,7 @@ def clear_run_dir(run_dir: Path) -> None:
         (run_dir / name).unlink(missing_ok=True)
     shutil.rmtree(run_dir / "evaluation", ignore_errors=True)
     shutil.rmtree(run_dir / AUDIT_DIR, ignore_errors=True)
+    shutil.rmtree(run_dir / CHECKPOINT_DIR, ignore_errors=True)
 
 
 def write_json(path: Path, obj) -> None:
@@ -76,16 +80,37 @@ def write_history(path: Path, rows: list[dict]) -> None:
     os.replace(tmp, path)
 
 
+def _read_json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise RunError(f"{path.parent}: unreadable run file {path.name} ({exc})") from exc
+
+
+def read_config(run_dir) -> dict:
+    """config.json of a run folder, finished or not."""
+    path = Path(run_dir) / "config.json"
+    if not path.is_file():
+        raise RunError(f"{run_dir}: not a run folder (no config.json)")
+    return _read_json(path)
+
+
+def is_finished(config: dict) -> bool:
+    """A run is finished when its last write, the config with the run's duration, has happened.
+
+    Runs from before "finished" existed wrote "seconds" at the same moment.
+    """
+    return bool(config.get("finished") or "seconds" in config)
+
+
 def load_run(run_dir) -> dict:
-    """The calibration and config of a run folder, with a clear error if it is not one."""
+    """The calibration and config of a finished run folder, with a clear error if it is not one."""
     run_dir = Path(run_dir)
     missing = [n for n in ("config.json", "splits.csv", "model.keras", "calibration.json") if not (run_dir / n).is_file()]
     if missing:
         raise RunError(f"{run_dir}: not a finished run folder (missing {', '.join(missing)})")
-    try:
-        return {
-            "config": json.loads((run_dir / "config.json").read_text()),
-            "calibration": json.loads((run_dir / "calibration.json").read_text()),
-        }
-    except (OSError, json.JSONDecodeError) as exc:
-        raise RunError(f"{run_dir}: unreadable run files ({exc})") from exc
+    config = read_config(run_dir)
+    if not is_finished(config):
+        raise RunError(f"{run_dir}: this run did not finish (stopped or still running); "
+                       f"continue it with: edgeskin train --resume {run_dir}")
+    return {"config": config, "calibration": _read_json(run_dir / "calibration.json")}

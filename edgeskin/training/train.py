@@ -13,12 +13,13 @@ from pathlib import Path
 
 from edgeskin import __version__
 from edgeskin.data import sets
-from edgeskin.training import model as model_lib
 from edgeskin.training.arrays import load_arrays
 from edgeskin.training.options import RunResult, TrainOptions
-from edgeskin.training.phases import History, fine_tune, refit_diagnosis, train_head
+from edgeskin.training.checkpoint import Checkpoint
+from edgeskin.training.phases import History, build_nets, fine_tune, refit_diagnosis, train_head
 from edgeskin.training.report import calibrate, write_evaluation
-from edgeskin.training.run import AUDIT_DIR, GATE_FILE, check_run_dir, clear_run_dir, save_keras, write_history, write_json
+from edgeskin.training.run import (AUDIT_DIR, GATE_FILE, RunError, check_run_dir, clear_run_dir, read_config,
+                                   save_keras, write_history, write_json)
 
 
 def _start_run(source, run_dir: Path, dataset: sets.Dataset, options: TrainOptions, command, log) -> dict:
@@ -31,6 +32,7 @@ def _start_run(source, run_dir: Path, dataset: sets.Dataset, options: TrainOptio
         "command": command,
         "cpus": os.cpu_count(),
         "data": " + ".join(str(Path(s).resolve()) for s in source),
+        "data_paths": [str(Path(s).resolve()) for s in source],
         "counts": dataset.counts(),
         "sources": {name: sets.source_counts(dataset.split(name)) for name in ("train", "val")},
         "notes": list(dataset.notes),
@@ -39,6 +41,18 @@ def _start_run(source, run_dir: Path, dataset: sets.Dataset, options: TrainOptio
     }
     write_json(run_dir / "config.json", config)
     return config
+
+
+def _resumed_run(run_dir: Path, dataset: sets.Dataset) -> dict:
+    """The config of the stopped run, once its splits are shown to be the ones just drawn again."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        sets.write_manifest(Path(tmp) / "splits.csv", {"train": dataset.train, "val": dataset.val})
+        same = (Path(tmp) / "splits.csv").read_bytes() == (run_dir / "splits.csv").read_bytes()
+    if not same:
+        raise RunError(f"{run_dir}: the data no longer splits as it did when the run started; start it again")
+    return read_config(run_dir)
 
 
 def _audit_training_data(dataset: sets.Dataset, out: Path, options: TrainOptions, log) -> list[str]:
@@ -63,9 +77,18 @@ def _fit_gate(dataset: sets.Dataset, run_dir: Path, options: TrainOptions, log) 
     write_json(run_dir / GATE_FILE, {**gate.to_dict(), "checks": {**rates, "fitted": "at training time"}})
 
 
-def _timed(log, started: float):
-    """log with the minutes since the run started, so a run's log shows where its time went."""
-    return lambda message: log(f"[{(time.time() - started) / 60:5.1f} min] {message}")
+class _Clock:
+    """Minutes since the run started, across a resume: the log and the time budget both count them."""
+
+    def __init__(self, log, elapsed_before: float = 0.0):
+        self.started = time.time() - elapsed_before
+        self._log = log
+
+    def elapsed(self) -> float:
+        return round(time.time() - self.started, 1)
+
+    def log(self, message: str) -> None:
+        self._log(f"[{self.elapsed() / 60:5.1f} min] {message}")
 
 
 def _dataset(sources, options: TrainOptions, log) -> tuple[sets.Dataset, TrainOptions]:
@@ -85,37 +108,75 @@ def _dataset(sources, options: TrainOptions, log) -> tuple[sets.Dataset, TrainOp
 
 
 def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bool = False, log=print,
-          command: str | None = None) -> RunResult:
+          command: str | None = None, resume: bool = False) -> RunResult:
     """Audit, train, select, calibrate and save one model into run_dir.
 
     source is one data set or a list of them, trained on as one (sets.discover_many).
+    With resume, run_dir holds a stopped run of these sources and options
+    (see resume()), which goes on from its checkpoint.
+
+    Example: train(["../shared/data/ham10000"], "runs/ham", TrainOptions.for_multisource())
     """
-    started = time.time()
-    log = _timed(log, started)
     run_dir = Path(run_dir)
-    check_run_dir(run_dir, overwrite)
+    checkpoint = Checkpoint(run_dir)
+    clock = _Clock(log, (checkpoint.state() or {}).get("elapsed_seconds", 0.0) if resume else 0.0)
+    log = clock.log
+    if not resume:
+        check_run_dir(run_dir, overwrite)
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     dataset, options = _dataset(sources, options, log)
     arrays = load_arrays(dataset, options)
     sets.check_classes(dataset.val, "calibration (validation) split", sets.MIN_PER_CLASS)
-    config = _start_run(sources, run_dir, dataset, options, command, log)
+    config = _resumed_run(run_dir, dataset) if resume else _start_run(sources, run_dir, dataset, options, command, log)
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
 
     keras.utils.set_random_seed(options.seed)
-    net, backbone, head = model_lib.build(options.model)
-    history = History()
-    watch = train_head(keras, net, head, arrays, options, history, log)
-    if options.fine_tune_epochs > 0 and options.fine_tune_from is not None:
-        fine_tune(keras, net, backbone, arrays, options, history, watch, log, started)
-        if options.model.diagnoses:
-            refit_diagnosis(keras, net, head, arrays, options, history, log)
+    nets = build_nets(options)
+    history, serving = _phases(keras, nets, arrays, options, log, clock, checkpoint)
     write_history(run_dir / "history.csv", history)
-    save_keras(net, run_dir / "best.keras")
-    temperature, points, p_cal, val_auc = calibrate(net, arrays, run_dir, options)
+    save_keras(serving, run_dir / "best.keras")
+    temperature, points, p_cal, val_auc = calibrate(serving, arrays, run_dir, options)
     write_evaluation(run_dir, arrays.y_cal, p_cal, points, temperature)
     _fit_gate(dataset, run_dir, options, log)
-    seconds = time.time() - started
-    write_json(run_dir / "config.json", {**config, "seconds": round(seconds, 1)})
+    seconds = clock.elapsed()
+    # Written last: a run folder is finished exactly when its config says so (run.load_run).
+    write_json(run_dir / "config.json", {**config, "seconds": seconds, "finished": True})
+    checkpoint.clear()
     return RunResult(run_dir, config["counts"], dataset.notes, temperature, val_auc, points, seconds)
+
+
+def _phases(keras, nets, arrays, options: TrainOptions, log, clock, checkpoint: Checkpoint):
+    """Phases 1 to 3 (phase 1 is skipped when resuming fine-tuning); returns the history and the serving net."""
+    state = checkpoint.state()
+    history = History(state["history"] if state else [])
+    if state is None:
+        head_best = train_head(keras, nets, arrays, options, history, log)
+        checkpoint.save({"phase": "head", "best": head_best, "history": list(history),
+                         "elapsed_seconds": clock.elapsed()}, nets.net.get_weights())
+    else:
+        nets.net.set_weights(checkpoint.weights("last"))
+        head_best = state["best"]
+        log(f"resuming from the checkpoint after phase {state['phase']!r}")
+    if options.fine_tune_epochs > 0 and options.fine_tune_from is not None:
+        fine_tune(keras, nets, arrays, options, history, head_best, log, clock, checkpoint)
+        if options.model.diagnoses and not options.diagnosis_in_fine_tuning:
+            refit_diagnosis(keras, nets, arrays, options, history, log)
+    return history, nets.synced()
+
+
+def resume(run_dir, log=print) -> RunResult:
+    """Continue a stopped run from its last finished epoch, with the data and options it was started with.
+
+    Example: resume("runs/multi")
+    """
+    run_dir = Path(run_dir)
+    config = read_config(run_dir)
+    if config.get("finished"):
+        raise RunError(f"{run_dir}: this run finished; there is nothing to resume")
+    if Checkpoint(run_dir).state() is None:
+        raise RunError(f"{run_dir}: no checkpoint to resume from (the run stopped before its first phase ended); "
+                       "start it again")
+    return train(config["data_paths"], run_dir, TrainOptions.from_dict(config["options"]), log=log,
+                 command=config.get("command"), resume=True)
