@@ -7,7 +7,7 @@ import {gateReasons, cannotJudge} from './gate.js';
 import {createClassifier, classify, decide, label, diagnosisLine, DISCLAIMER} from './classify.js';
 
 const $ = (id) => document.getElementById(id);
-const state = {model: null, classifier: null, modelName: '', threshold: 0.5, point: '', last: null, stream: null};
+const state = {model: null, classifier: null, modelName: '', threshold: 0.5, point: '', last: null, stream: null, count: 0};
 const KNOWN_POINTS = ['screening', 'balanced', 'specific'];
 
 function setStatus(text, kind = '') {
@@ -64,6 +64,7 @@ async function analyse(getPixels) {
   } catch (err) {
     state.last = {error: err.message};
   }
+  state.count += 1; // tests wait on it: a new answer, not a re-render of the old one
   render();
 }
 
@@ -83,7 +84,9 @@ function renderAnswer(result, last) {
   result.className = level.split(' ')[0];
   const point = state.point && state.point !== 'custom' ? ` (${state.point})` : '';
   $('probability').textContent = `malignant_probability ${p.toFixed(3)} at threshold ${state.threshold.toFixed(3)}${point}`;
-  $('detail').textContent = last.scores.diagnosis ? diagnosisLine(last.scores.diagnosis) : '';
+  const top = last.scores.diagnosis;
+  $('detail').textContent = top ? diagnosisLine(top) : '';
+  if (top) result.dataset.diagnosis = top.map(([dx, q]) => `${dx}:${q}`).join(' ');
 }
 
 function renderUnusable(result, last) {
@@ -102,6 +105,7 @@ function render() {
   $('intro').hidden = true;
   result.hidden = false;
   for (const key of Object.keys(result.dataset)) delete result.dataset[key];
+  result.dataset.count = String(state.count);
   $('disclaimer').textContent = DISCLAIMER;
   $('preview').hidden = Boolean(last.error);
   if (last.error) {
