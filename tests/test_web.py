@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import base64
 import json
+import math
 import os
 import shutil
 import subprocess
@@ -139,9 +140,10 @@ def choose(page, path) -> dict:
     return result(page)
 
 
-def predict(paths) -> dict:
+def predict(paths, model=None) -> dict:
     """`edgeskin predict --json --diagnosis` on the files, by path."""
-    run = subprocess.run([sys.executable, "-m", "edgeskin.cli", "predict", *map(str, paths), "--json", "--diagnosis"],
+    extra = ["--model", str(model)] if model else []
+    run = subprocess.run([sys.executable, "-m", "edgeskin.cli", "predict", *map(str, paths), "--json", "--diagnosis", *extra],
                          capture_output=True, text=True, cwd=ROOT, timeout=300)
     rows = [json.loads(line) for line in run.stdout.splitlines() if line.startswith("{")]
     return {row["path"]: row for row in rows}
@@ -230,3 +232,245 @@ def test_preprocessing_is_pillow_exact(phone, shots, tmp_path):
         differ = int((ours != pillow).any(axis=2).sum())
         assert differ == 0, f"{path.name}: {differ} pixels differ from Pillow"
     shot(phone, shots, "preprocessing")
+
+
+def test_camera_gives_a_decision(browser, site, shots):
+    """Chromium's fake camera (a y4m of a test image): the viewfinder, a capture, a decision."""
+    context, page = open_page(browser, site[1], permissions=["camera"])
+    try:
+        page.click("#open-camera")
+        page.wait_for_function("document.getElementById('video').videoWidth > 0", timeout=20_000)
+        assert page.is_visible("#capture") and page.is_visible(".guide")
+        shot(page, shots, "camera")
+        size = page.evaluate("[document.getElementById('video').videoWidth, document.getElementById('video').videoHeight]")
+        assert size == [640, 480]
+        page.click("#capture")
+        page.wait_for_function("Number(document.getElementById('result').dataset.count || 0) > 0", timeout=30_000)
+        got = result(page)
+        assert got["label"] in ("benign", "malignant"), got
+        assert got["level"] in ("benign", "uncertain (refer)", "suspicious")
+        assert page.is_hidden("#camera") and page.is_visible("#open-camera")
+        assert page.evaluate("document.getElementById('video').srcObject") is None  # the camera is released
+        shot(page, shots, "camera_result")
+    finally:
+        context.close()
+
+
+def test_offline_reload_still_classifies(browser, shots, tmp_path):
+    """After one visit the service worker holds the site: server stopped, context offline, reload, answer."""
+    from edgeskin import web
+
+    built = web.build(default_model(), tmp_path / "site")
+    server, url = web.serve_in_thread(built.folder)
+    context, page = open_page(browser, url)
+    try:
+        page.evaluate("navigator.serviceWorker.ready")
+        page.wait_for_function("navigator.serviceWorker.controller !== null", timeout=30_000)
+        cached = page.evaluate("""caches.keys().then((k) => caches.open(k[0])).then((c) => c.keys())
+            .then((r) => r.map((q) => new URL(q.url).pathname.slice(1)))""")
+        # Every file but the service worker itself (the browser keeps that), and the bare folder URL.
+        assert sorted(cached) == sorted([""] + [f for f in built.files if f != "sw.js"])
+        server.shutdown()
+        server.server_close()
+        context.set_offline(True)
+        page.reload()
+        page.wait_for_selector("body[data-state=ready]", timeout=60_000)
+        got = choose(page, split_images(1)[-1])
+        assert got["label"] in ("benign", "malignant"), got
+        shot(page, shots, "offline")
+    finally:
+        context.close()
+
+
+def test_non_image_gets_a_clear_message(phone, shots, tmp_path):
+    """A text file, even one named .jpg, is refused in words, with no answer."""
+    for name in ("notes.txt", "fake.jpg"):
+        path = tmp_path / name
+        path.write_text("not a picture\n")
+        got = choose(phone, path)
+        assert got["label"] == "error"
+        assert f"{name} is not an image this browser can read" in got["text"]
+        assert "probability" not in got and "malignant_probability" not in got["text"]
+    shot(phone, shots, "non_image")
+
+
+def expected_level(p: float, threshold: float, suspicious_at: float) -> str:
+    """The Streamlit app's three levels (edgeskin/app.py decide), restated to check the page against."""
+    return "benign" if p < threshold else "uncertain (refer)" if p < max(threshold, suspicious_at) else "suspicious"
+
+
+def test_threshold_and_operating_points(phone, shots):
+    """The page starts at the model's default operating point; presets and the slider move the decision."""
+    clf = Classifier(default_model())
+    points = clf.operating_points
+    got = choose(phone, split_images()[-1])
+    p = float(got["probability"])
+    assert float(got["threshold"]) == clf.threshold()
+    assert got["level"] == expected_level(p, clf.threshold(), points["specific"])
+    phone.click("#settings summary")
+    for name, threshold in points.items():
+        phone.check(f"#points input[value={name}]")
+        got = result(phone)
+        assert float(got["threshold"]) == threshold and got["level"] == expected_level(p, threshold, points["specific"])
+    # The slider moves in steps of 0.001: the first step above p makes it benign.
+    for threshold in (0.0, min(1.0, math.floor(p * 1000 + 1) / 1000)):
+        phone.fill("#threshold", str(threshold))
+        got = result(phone)
+        assert float(got["threshold"]) == pytest.approx(threshold)
+        assert got["label"] == ("malignant" if p >= threshold else "benign")
+        assert phone.is_checked("#points input[value=custom]")
+    shot(phone, shots, "threshold")
+
+
+def test_a_calibrated_model_replaces_the_shipped_one(phone, shots, tmp_path):
+    """An `edgeskin calibrate` output chosen in the page: its own operating points and score calibration are used."""
+    images = split_images(20)
+    site_data = tmp_path / "clinic"
+    for path in images:
+        (site_data / path.parent.name).mkdir(parents=True, exist_ok=True)
+        shutil.copy(path, site_data / path.parent.name / path.name)
+    model = tmp_path / "clinic.tflite"
+    subprocess.run([sys.executable, "-m", "edgeskin.cli", "calibrate", str(default_model()), str(site_data),
+                    "--out", str(model), "--folds", "2", "--bootstrap", "100"], check=True, capture_output=True,
+                   cwd=ROOT, timeout=300)
+    clinic = Classifier(model)
+    assert clinic.operating_points != Classifier(default_model()).operating_points
+    phone.set_input_files("#model-file", str(model))
+    phone.wait_for_function("document.getElementById('status').textContent.startsWith('Using clinic.tflite')")
+    assert f"screening {clinic.operating_points['screening']:.3f}" in phone.text_content("#model-name")
+    sample = images[::10]
+    reference = predict(sample, model)
+    for path in sample:
+        got, ref = choose(phone, path), reference[str(path)]
+        assert float(got["threshold"]) == clinic.threshold() and got["label"] == ref["label"], path.name
+        assert abs(float(got["probability"]) - ref["malignant_probability"]) <= TOLERANCE, path.name
+    not_a_model = tmp_path / "notes.tflite"
+    not_a_model.write_bytes(b"hello, not a flatbuffer")
+    phone.set_input_files("#model-file", str(not_a_model))
+    phone.wait_for_function("document.getElementById('status').className === 'error'")
+    assert "notes.tflite is not a TFLite model" in phone.inner_text("#status")
+    assert float(choose(phone, sample[0])["threshold"]) == clinic.threshold()  # still the calibrated model
+    shot(phone, shots, "other_model")
+
+
+def test_usable_head_replaces_the_distance(phone):
+    """A model with a third head `usable` decides out-of-domain itself; without one, the gate's distance does."""
+    lesion = np.asarray(Image.open(split_images(1)[-1]).convert("RGB"))
+    noise = np.random.default_rng(1).integers(0, 256, (224, 224, 3), dtype=np.uint8)  # out of domain by distance
+    pictures = [base64.b64encode(x.tobytes()).decode() for x in (lesion, noise)]
+    out = phone.evaluate("""async ([lesion, noisy]) => {
+        const {readResult} = await import('./classify.js');
+        const {gateReasons} = await import('./gate.js');
+        const {readModelInfo} = await import('./modelzip.js');
+        const {gate} = readModelInfo(new Uint8Array(await (await fetch('model.tflite')).arrayBuffer()));
+        const head = (name, scores) => ({headName: name, headIndex: 0,
+            categories: Object.entries(scores).map(([categoryName, score]) => ({categoryName, score}))});
+        const probs = head('probabilities', {malignant: 0.7, benign: 0.3});
+        const verdict = (usable) => readResult({classifications: usable ? [probs, head('usable', usable)] : [probs]}, [])
+            .outOfDomain;
+        const skin = Uint8Array.from(atob(lesion), (c) => c.charCodeAt(0));
+        const noise = Uint8Array.from(atob(noisy), (c) => c.charCodeAt(0));
+        const reasons = (rgb, ood) => gateReasons(gate, 224, 224, rgb, 224, ood);
+        return {
+            verdicts: [verdict(null), verdict({usable: 0.2, out_of_domain: 0.8}), verdict({usable: 0.9})],
+            noise: [reasons(noise, undefined), reasons(noise, false)],
+            skin: [reasons(skin, undefined), reasons(skin, true)],
+        };
+    }""", pictures)
+    assert out["verdicts"] == [None, True, False]  # undefined comes back as None
+    assert out["noise"] == [["out_of_domain"], []]  # the head's "usable" overrules the distance
+    assert out["skin"] == [[], ["out_of_domain"]]
+
+
+# LiteRT.js (@litertjs/core, a dev dependency): the raw output tensors, dequantised with the
+# scales the Python interpreter reports, then the Platt map of edgeskin.json applied here
+# (calibration.Platt with MediaPipe's clamped log), as `edgeskin predict` does it.
+LITERT_JS = """async ([model, files, quant]) => {
+    const lrt = await import('./dist/index.js');
+    const {decodeFile, toModelInput} = await import('./preprocess.js');
+    const {readModelInfo} = await import('./modelzip.js');
+    if (!window.liteRtLoaded) { await lrt.loadLiteRt('./wasm/'); window.liteRtLoaded = true; }
+    const bytes = new Uint8Array(await (await fetch(model)).arrayBuffer());
+    const {labels, info} = readModelInfo(bytes);
+    const compiled = await lrt.loadAndCompile(bytes, {accelerator: 'wasm'});
+    const LOG_MIN = 1e-16;
+    const clampedLog = (x) => x < LOG_MIN ? 2 * Math.log(LOG_MIN) - Math.log(2 * LOG_MIN - x) : Math.log(x);
+    const {slope, offset} = info.score_calibration;
+    const platt = (x) => 1 / (1 + Math.exp(-(slope * (clampedLog(x) - clampedLog(1 - x)) + offset)));
+    const out = [];
+    for (const [name, data] of files) {
+        const file = new File([Uint8Array.from(atob(data), (c) => c.charCodeAt(0))], name);
+        const input = new lrt.Tensor(toModelInput(await decodeFile(file), 224), [1, 224, 224, 3]);
+        const outputs = await compiled.run(input);
+        const values = outputs.map((t, i) => Array.from(t.toTypedArray(), (v) => (v - quant[i][1]) * quant[i][0]));
+        input.delete();
+        outputs.forEach((t) => t.delete());
+        const head = values.find((v) => v.length === labels.length);
+        out.push({name, raw: head[labels.indexOf('malignant')], p: platt(head[labels.indexOf('malignant')])});
+    }
+    return out;
+}"""
+
+
+def batch_dimension(model: Path) -> int:
+    from ai_edge_litert.interpreter import Interpreter
+
+    return int(Interpreter(model_path=str(model)).get_input_details()[0]["shape_signature"][0])
+
+
+def litert_js_agrees(browser, model: Path, tmp_path: Path, shots: Path, n: int = 4) -> None:
+    """Run model through LiteRT.js on test images; each answer within 0.005 of `edgeskin predict --model`."""
+    from ai_edge_litert.interpreter import Interpreter
+
+    from edgeskin import web
+
+    folder = tmp_path / "litert"
+    folder.mkdir()
+    core = ROOT / "web" / "node_modules" / "@litertjs"
+    for name, target in (("dist", core / "core" / "dist"), ("wasm", core / "core" / "wasm"),
+                         ("wasm-utils", core / "wasm-utils" / "dist")):
+        (folder / name).symlink_to(target)
+    for name in ("preprocess.js", "modelzip.js"):
+        shutil.copy(ROOT / "web" / name, folder / name)
+    shutil.copy(model, folder / "model.tflite")
+    (folder / "index.html").write_text('<!doctype html><title>LiteRT.js</title><script type="importmap">'
+                                       '{"imports": {"@litertjs/wasm-utils": "./wasm-utils/index.js"}}</script>')
+    quant = [list(d["quantization"]) for d in Interpreter(model_path=str(model)).get_output_details()]
+    images = split_images(n // 2)
+    server, url = web.serve_in_thread(folder)
+    context = browser[1].new_context()
+    try:
+        page = context.new_page()
+        page.goto(url)
+        files = [[p.name, base64.b64encode(p.read_bytes()).decode()] for p in images]
+        got = page.evaluate(LITERT_JS, ["model.tflite", files, quant])
+        page.screenshot(path=str(shots / "web_litert.png"))
+    finally:
+        context.close()
+        server.shutdown()
+        server.server_close()
+    reference = predict(images, model)
+    assert [row["name"] for row in got] == [p.name for p in images]
+    for path, row in zip(images, got):
+        ref = reference[str(path)]
+        assert abs(row["p"] - ref["malignant_probability"]) <= TOLERANCE, (path.name, row, ref)
+        assert ("malignant" if row["p"] >= ref["threshold"] else "benign") == ref["label"] or ref["label"] == "unusable"
+
+
+def test_litert_js_runs_the_shipped_model(browser, shots, tmp_path):
+    """LiteRT.js refuses an open batch dimension; the shipped model runs there once its export fixes it at 1."""
+    model = default_model()
+    batch = batch_dimension(model)
+    if batch != 1:
+        pytest.skip(f"{model.name} has an open input batch dimension ({batch}), which LiteRT.js refuses; "
+                    "see test_litert_js_runs_a_batch1_copy")
+    litert_js_agrees(browser, model, tmp_path, shots)
+
+
+def test_litert_js_runs_a_batch1_copy(browser, shots, tmp_path):
+    """scripts/web_batch1.py fixes the batch at 1 without TensorFlow; LiteRT.js then answers as `edgeskin predict`."""
+    model = tmp_path / "batch1.tflite"
+    subprocess.run([sys.executable, str(ROOT / "scripts" / "web_batch1.py"), str(default_model()), str(model)],
+                   check=True, capture_output=True, timeout=120)
+    assert batch_dimension(model) == 1
+    litert_js_agrees(browser, model, tmp_path, shots, n=8)
