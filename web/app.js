@@ -4,7 +4,7 @@
 import {decodeFile, pixelsOf, toModelInput, toImageData} from './preprocess.js';
 import {readModelInfo} from './modelzip.js';
 import {gateReasons, cannotJudge} from './gate.js';
-import {createClassifier, classify, decide, label, diagnosisLine, DISCLAIMER} from './classify.js';
+import {createClassifier, classify, decide, label, diagnosisLine, warmUp, DISCLAIMER} from './classify.js';
 
 const $ = (id) => document.getElementById(id);
 const state = {model: null, classifier: null, modelName: '', threshold: 0.5, point: '', last: null, stream: null, count: 0};
@@ -18,6 +18,7 @@ function setStatus(text, kind = '') {
 async function loadModel(bytes, name) {
   const model = readModelInfo(bytes, name);
   const classifier = await createClassifier(bytes);
+  warmUp(classifier, model.size);
   if (state.classifier) state.classifier.close();
   Object.assign(state, {model, classifier, modelName: name});
   const points = model.operatingPoints;
@@ -57,10 +58,16 @@ async function analyse(getPixels) {
   try {
     const img = await getPixels();
     const size = state.model.size;
+    const decoded = performance.now();
     const rgb = toModelInput(img, size);
+    const resized = performance.now();
     const scores = classify(state.classifier, rgb, size, state.model.diagnoses);
+    const classified = performance.now();
     const reasons = gateReasons(state.model.gate, img.width, img.height, rgb, size, scores.outOfDomain);
-    state.last = {img, rgb, size, scores, reasons, ms: performance.now() - started};
+    const end = performance.now();
+    // Where the time goes, for scripts/web_bench.py: decode, crop + resize, model, gate.
+    const steps = [decoded - started, resized - decoded, classified - resized, end - classified];
+    state.last = {img, rgb, size, scores, reasons, ms: end - started, steps};
   } catch (err) {
     state.last = {error: err.message};
   }
@@ -119,6 +126,7 @@ function render() {
   showPreview(last.rgb, last.size);
   result.dataset.threshold = String(state.threshold);
   result.dataset.ms = last.ms.toFixed(1);
+  result.dataset.steps = last.steps.map((t) => t.toFixed(1)).join(' ');
   if (last.reasons.length) renderUnusable(result, last);
   else renderAnswer(result, last);
   result.scrollIntoView({block: 'nearest'});

@@ -38,6 +38,11 @@ export async function createClassifier(bytes, fileset = localFileset()) {
   });
 }
 
+/** One throwaway run: the first one sets up the interpreter (hundreds of ms); better at load than on a photo. */
+export function warmUp(classifier, size) {
+  classifier.classify(new ImageData(new Uint8ClampedArray(size * size * 4).fill(128), size, size));
+}
+
 /** Scores of one head by category name; MediaPipe leaves out a category scored exactly 0. */
 function scoresByName(head) {
   const out = {};

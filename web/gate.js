@@ -79,8 +79,15 @@ export function qualityStats(rgb, size) {
   };
 }
 
+const ringCache = new Map(); // the same few sizes every time, as gate._rings' lru_cache
+
 /** Ring (0 centre, 1 middle, 2 border) of each pixel of an n x n image, as gate._rings. */
 function rings(n) {
+  if (!ringCache.has(n)) ringCache.set(n, computeRings(n));
+  return ringCache.get(n);
+}
+
+function computeRings(n) {
   const ring = new Uint8Array(n * n);
   const c = (n - 1) / 2;
   for (let y = 0; y < n; y++) {

@@ -110,12 +110,17 @@ export function resizeSquare(img, crop, size) {
     const outRow = (y - first) * size * 3;
     for (let xx = 0; xx < size; xx++) {
       const k0 = xx * h.ksize;
-      const xmin = h.starts[xx];
-      for (let c = 0; c < 3; c++) {
-        let sum = HALF;
-        for (let x = 0; x < h.counts[xx]; x++) sum += img.data[row + (xmin + x) * 4 + c] * h.weights[k0 + x];
-        temp[outRow + xx * 3 + c] = clip8(sum);
+      const n = h.counts[xx];
+      let r = HALF, g = HALF, b = HALF;
+      for (let x = 0, i = row + h.starts[xx] * 4; x < n; x++, i += 4) {
+        const k = h.weights[k0 + x];
+        r += img.data[i] * k;
+        g += img.data[i + 1] * k;
+        b += img.data[i + 2] * k;
       }
+      temp[outRow + xx * 3] = clip8(r);
+      temp[outRow + xx * 3 + 1] = clip8(g);
+      temp[outRow + xx * 3 + 2] = clip8(b);
     }
   }
   const out = new Uint8Array(size * size * 3);
@@ -135,10 +140,12 @@ export function resizeSquare(img, crop, size) {
 function cropSquare(img, crop) {
   const {left, top, side} = crop;
   const out = new Uint8Array(side * side * 3);
-  for (let y = 0; y < side; y++) {
-    for (let x = 0; x < side; x++) {
-      const i = ((top + y) * img.width + left + x) * 4;
-      out.set(img.data.subarray(i, i + 3), (y * side + x) * 3);
+  const data = img.data;
+  for (let y = 0, j = 0; y < side; y++) {
+    for (let x = 0, i = ((top + y) * img.width + left) * 4; x < side; x++, i += 4, j += 3) {
+      out[j] = data[i];
+      out[j + 1] = data[i + 1];
+      out[j + 2] = data[i + 2];
     }
   }
   return out;
