@@ -19,7 +19,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from PIL import Image, ImageFilter
+from PIL import Image, ImageFilter, ImageOps
 
 from edgeskin.runtime import Classifier, default_model
 
@@ -214,10 +214,24 @@ def page_model_input(page, path: Path) -> np.ndarray:
     return np.frombuffer(base64.b64decode(out), dtype=np.uint8).reshape(224, 224, 3)
 
 
+def pillow_model_input(path: Path, size: int = 224) -> np.ndarray:
+    """edgeskin/imageio.py's open_rgb + to_model_input for RGB(A) files, restated with Pillow alone
+    (the tests import nothing of edgeskin but its runtime): EXIF orientation, alpha on white,
+    the largest centred square, Image.resize(BILINEAR)."""
+    with Image.open(path) as im:
+        im = ImageOps.exif_transpose(im)
+        if im.mode in ("RGBA", "LA", "PA") or "transparency" in im.info:
+            im = Image.alpha_composite(Image.new("RGBA", im.size, (255, 255, 255, 255)), im.convert("RGBA"))
+        im = im.convert("RGB")
+    w, h = im.size
+    side = min(w, h)
+    left, top = (w - side) // 2, (h - side) // 2
+    im = im.crop((left, top, left + side, top + side))
+    return np.asarray(im if side == size else im.resize((size, size), Image.BILINEAR), dtype=np.uint8)
+
+
 def test_preprocessing_is_pillow_exact(phone, shots, tmp_path):
     """Crop and Pillow-bilinear resize in JS, down- and upscaling, PNG and EXIF-rotated JPEG: Pillow's pixels exactly."""
-    from edgeskin.imageio import load_rgb  # the reference the runtime itself uses
-
     rng = np.random.default_rng(7)
     files = []
     for w, h in ((640, 480), (301, 457), (1003, 998), (150, 100), (224, 500), (2000, 1500)):
@@ -226,9 +240,10 @@ def test_preprocessing_is_pillow_exact(phone, shots, tmp_path):
         noisy = np.clip(np.asarray(base, dtype=np.int16) + rng.integers(-20, 21, (h, w, 3)), 0, 255).astype(np.uint8)
         files.append(tmp_path / f"random_{w}x{h}.png")
         Image.fromarray(noisy).save(files[-1])
-    files += [p for p in variants(split_images(2), tmp_path / "v") if p.name.startswith(("exif_", "landscape"))]
+    files += [p for p in variants(split_images(2), tmp_path / "v")
+              if p.name.startswith(("exif_", "landscape", "portrait", "small", "transparent"))]
     for path in files:
-        ours, pillow = page_model_input(phone, path), load_rgb(path, 224)
+        ours, pillow = page_model_input(phone, path), pillow_model_input(path)
         differ = int((ours != pillow).any(axis=2).sum())
         assert differ == 0, f"{path.name}: {differ} pixels differ from Pillow"
     shot(phone, shots, "preprocessing")

@@ -99,8 +99,10 @@ function renderAnswer(result, last) {
 function renderUnusable(result, last) {
   // No probability for an image the model cannot judge: it would read as an answer.
   $('level').textContent = 'Cannot judge this photo';
-  $('probability').textContent = 'Retake it: steady, in focus, lesion centred, evenly lit.';
-  $('detail').textContent = cannotJudge(last.reasons);
+  $('probability').textContent = 'No risk level is given for it.';
+  // gate.cannot_judge's sentence, the words the Streamlit app and `predict` use.
+  $('detail').textContent = cannotJudge(last.reasons) +
+    ' Hold the camera steady, the lesion centred and in focus, evenly lit.';
   Object.assign(result.dataset, {label: 'unusable', level: 'unusable', reasons: last.reasons.join(' ')});
   result.className = 'unusable';
 }
@@ -144,7 +146,9 @@ async function openCamera() {
   const video = $('video');
   video.srcObject = state.stream;
   await video.play();
+  $('settings').open = false;
   toggleCamera(true);
+  window.scrollTo(0, 0); // the whole viewfinder in sight, Capture under the thumb
 }
 
 function toggleCamera(on) {
