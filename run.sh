@@ -29,7 +29,7 @@ fi
 
 cmd=${1:-predict}
 case "$cmd" in
-    predict|calibrate|--help|--version) extras="" ;;
+    predict|calibrate|web|--help|--version) extras="" ;;
     app) extras="train,app" ;;
     test) extras="train,app,test" ;;
     *) extras="train" ;;
@@ -61,6 +61,13 @@ if [ "$cmd" = test ]; then
         touch "$mp/.installed"
     fi
     export EDGESKIN_MEDIAPIPE_PYTHON="$mp/bin/python"
+    # The web app's tests need its npm packages (MediaPipe's wasm); without npm they skip.
+    if command -v npm >/dev/null 2>&1 && { [ ! -d web/node_modules ] || [ web/package-lock.json -nt web/node_modules ]; }; then
+        npm ci --prefix web --no-audit --no-fund --loglevel=error >/dev/null
+    fi
     exec "$venv/bin/python" -m pytest -q "$@"
+fi
+if [ "$cmd" = web ] && [ ! -d web/node_modules ]; then
+    npm ci --prefix web --no-audit --no-fund --loglevel=error >/dev/null
 fi
 exec "$venv/bin/edgeskin" "$@"

@@ -411,5 +411,29 @@ def app(model, keras_model, port):
     raise SystemExit(subprocess.call(cmd))
 
 
+@main.command()
+@click.option("--model", type=click.Path(dir_okay=False), default=None, help="A .tflite model [default: the shipped one].")
+@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
+@click.option("--build", "build_dir", type=click.Path(file_okay=False), default=None,
+              help="Write the static site to this folder and exit, instead of serving it.")
+@_friendly
+def web(model, port, build_dir):
+    """Serve the offline web app on 127.0.0.1, or write it as a static site for any host.
+
+    The model runs in the browser (MediaPipe); nothing is sent anywhere. Needs `npm ci --prefix web` once
+    (./run.sh web does it).
+
+    Example: ./run.sh web --port 8000   (then open http://127.0.0.1:8000/)
+    """
+    from edgeskin import web as web_lib
+
+    if build_dir:
+        site = web_lib.build(model, build_dir)
+        click.echo(f"wrote {len(site.files)} files to {site.folder}: {site.total_bytes / 1e6:.1f} MB, "
+                   f"{site.gzip_bytes / 1e6:.1f} MB gzipped")
+    else:
+        web_lib.serve(model, port, on_ready=click.echo)
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())
