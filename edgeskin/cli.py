@@ -7,7 +7,6 @@ that `edgeskin predict` starts in a fraction of a second without it.
 
 from __future__ import annotations
 
-import functools
 import json
 import os
 import shlex
@@ -16,34 +15,30 @@ import sys
 import click
 
 from edgeskin import __version__
+from edgeskin.cli_views import app, explain, friendly, web
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 
-def _friendly(fn):
-    """Report expected failures as one line and a non-zero exit, not a traceback."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        from edgeskin.runtime.imageio import ImageError
-
-        try:
-            return fn(*args, **kwargs)
-        except (ValueError, OSError, ImageError) as exc:  # our errors all derive from ValueError
-            raise click.ClickException(str(exc).splitlines()[0] if str(exc) else type(exc).__name__) from exc
-        except MemoryError as exc:
-            raise click.ClickException("out of memory") from exc
-
-    return wrapper
-
-
 @click.group()
 @click.version_option(__version__, prog_name="edgeskin")
-def main():
+@click.option("--verbose", is_flag=True, help="Also show TensorFlow's and LiteRT's own log lines.")
+def main(verbose):
     """A calibrated benign / malignant dermoscopy classifier for phones.
 
-    A screening aid, not a diagnosis.
+    A screening aid, not a diagnosis. Run through ./run.sh (./run.sh predict
+    data/samples/), or activate .venv first (source .venv/bin/activate) to
+    call edgeskin directly.
     """
+    import logging
+
+    if verbose:
+        os.environ["EDGESKIN_VERBOSE"] = "1"
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        # Before TensorFlow loads: its C++ INFO and WARNING lines (oneDNN, absl) are not ours to print.
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "3"
+        logging.getLogger("tensorflow").setLevel(logging.ERROR)
 
 
 @main.command()
@@ -84,10 +79,8 @@ def main():
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
               help="Minutes: stop fine-tuning before an epoch that would end later than this after the start.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
-@_friendly
-def train(data, out, resume_dir, seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,
-          fine_tune_from, fine_tune_lr, train_image_size, diagnosis_loss, label_smoothing, diagnosis_in_fine_tuning,
-          dx_loss_weight, select_on, patience, loss, class_weights, augment, head_copies, time_budget, overwrite):
+@friendly
+def train(data, out, resume_dir, overwrite, **flags):
     """Fine-tune MobileNetV2 on one or more DATA sets and calibrate its threshold.
 
     Each DATA is a folder with train/ (and optional val/, test/) holding
@@ -101,9 +94,6 @@ def train(data, out, resume_dir, seed, weights, image_size, alpha, val_fraction,
 
     A stopped run goes on with: edgeskin train --resume runs/multi
     """
-    from edgeskin.data.augment import AugmentOptions
-    from edgeskin.training.model import ModelOptions
-    from edgeskin.training.options import TrainOptions
     from edgeskin.training.train import resume, train as run_training
 
     if bool(data) == bool(resume_dir):
@@ -111,23 +101,33 @@ def train(data, out, resume_dir, seed, weights, image_size, alpha, val_fraction,
     if resume_dir:
         result = resume(resume_dir, log=click.echo)
     else:
-        options = TrainOptions(
-            model=ModelOptions(image_size=image_size, alpha=float(alpha), weights=weights),
-            seed=seed, val_fraction=val_fraction, batch_size=batch_size, head_epochs=head_epochs,
-            fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, fine_tune_learning_rate=fine_tune_lr,
-            train_image_size=train_image_size, diagnosis_loss=diagnosis_loss, label_smoothing=label_smoothing,
-            diagnosis_in_fine_tuning=diagnosis_in_fine_tuning, diagnosis_loss_weight=dx_loss_weight, select_on=select_on,
-            patience=patience, loss=loss, class_weights=class_weights,
-            augmentation=AugmentOptions() if augment else AugmentOptions.off(), head_copies=head_copies,
-            time_budget_minutes=time_budget,
-        )
         command = "edgeskin " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
-        result = run_training(data, out, options, overwrite=overwrite, log=click.echo, command=command)
+        result = run_training(data, out, _train_options(**flags), overwrite=overwrite, log=click.echo, command=command)
     click.echo(f"validation AUC {result.val_auc:.4f}, temperature {result.temperature:.3f}, {result.seconds / 60:.1f} min")
     for point in result.operating_points.values():
         click.echo(f"  {point.name:<10} threshold {point.threshold:.4f}  "
                    f"sensitivity {point.sensitivity:.3f}  specificity {point.specificity:.3f}")
     click.echo(f"run saved to {result.run_dir}")
+
+
+def _train_options(seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,
+                   fine_tune_from, fine_tune_lr, train_image_size, diagnosis_loss, label_smoothing,
+                   diagnosis_in_fine_tuning, dx_loss_weight, select_on, patience, loss, class_weights, augment,
+                   head_copies, time_budget):
+    from edgeskin.data.augment import AugmentOptions
+    from edgeskin.training.model import ModelOptions
+    from edgeskin.training.options import TrainOptions
+
+    return TrainOptions(
+        model=ModelOptions(image_size=image_size, alpha=float(alpha), weights=weights),
+        seed=seed, val_fraction=val_fraction, batch_size=batch_size, head_epochs=head_epochs,
+        fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, fine_tune_learning_rate=fine_tune_lr,
+        train_image_size=train_image_size, diagnosis_loss=diagnosis_loss, label_smoothing=label_smoothing,
+        diagnosis_in_fine_tuning=diagnosis_in_fine_tuning, diagnosis_loss_weight=dx_loss_weight, select_on=select_on,
+        patience=patience, loss=loss, class_weights=class_weights,
+        augmentation=AugmentOptions() if augment else AugmentOptions.off(), head_copies=head_copies,
+        time_budget_minutes=time_budget,
+    )
 
 
 @main.command()
@@ -137,7 +137,7 @@ def train(data, out, resume_dir, seed, weights, image_size, alpha, val_fraction,
 @click.option("--split", type=click.Choice(["all", "train", "val", "test"]), default="all", show_default=True,
               help="Audit only this split's images.")
 @click.option("--bootstrap", type=click.IntRange(100, 100000), default=1000, show_default=True)
-@_friendly
+@friendly
 def audit(data, out, split, bootstrap):
     """Find shortcuts in one or more DATA sets: file and pixel properties that predict the label on their own.
 
@@ -171,7 +171,7 @@ def audit(data, out, split, bootstrap):
 @click.option("--min-diagnosis-agreement", type=click.FloatRange(0.0, 1.0), default=0.9, show_default=True,
               help="Fail if the exported diagnosis head names the float model's top diagnosis on a smaller share "
                    "of the calibration split.")
-@_friendly
+@friendly
 def export(source, quantization, out, representative_images, max_auc_drop, min_diagnosis_agreement):
     """Export a trained run to a TFLite model that carries its own metadata.
 
@@ -198,9 +198,7 @@ def export(source, quantization, out, representative_images, max_auc_drop, min_d
         click.echo(f"  {name:<10} threshold {point['threshold']:.4f}  sensitivity {point['sensitivity']:.3f}  "
                    f"specificity {point['specificity']:.3f}")
     if not result.passed:
-        why = (f"AUC fell more than {options.max_auc_drop} below the float model's" if result.auc < result.float_auc - options.max_auc_drop
-               else f"diagnosis head agreed with the float model's on less than {options.min_diagnosis_agreement:.0%} of images")
-        raise click.ClickException(f"the {quantization} model's {why}; kept aside as {result.path}")
+        raise click.ClickException(f"the {quantization} model's {result.failure(options)}; kept aside as {result.path}")
     click.echo(f"wrote {result.path} ({result.size_bytes / 1e6:.2f} MB) and {result.path.with_suffix('.json')}")
 
 
@@ -215,7 +213,7 @@ def export(source, quantization, out, representative_images, max_auc_drop, min_d
 @click.option("--tta", is_flag=True, help="Average over the image and its flips (4x the compute).")
 @click.option("--no-gate", "no_gate", is_flag=True, help="Judge every image, even one the quality and domain gate would set aside.")
 @click.option("--diagnosis", is_flag=True, help="Also list the three most probable diagnoses (models with a diagnosis head).")
-@_friendly
+@friendly
 def predict(paths, model, threshold, operating_point, as_json, threads, tta, no_gate, diagnosis):
     """Classify dermoscopic images (files or folders) with a TFLite model.
 
@@ -230,12 +228,12 @@ def predict(paths, model, threshold, operating_point, as_json, threads, tta, no_
 
     Example: edgeskin predict data/samples/ --threshold 0.4 --diagnosis --json
     """
-    from edgeskin.runtime.imageio import find_images
     from edgeskin.runtime import Classifier
+    from edgeskin.runtime.imageio import scan_images
 
     classifier = Classifier(model, num_threads=threads)
     cut = classifier.threshold(threshold, operating_point)
-    images = find_images(paths)
+    images, skipped = scan_images(paths)
     if not images:
         raise click.ClickException("no images found in " + ", ".join(paths))
     failed = 0
@@ -244,26 +242,13 @@ def predict(paths, model, threshold, operating_point, as_json, threads, tta, no_
         if as_json:
             click.echo(json.dumps(result.to_dict()))
         else:
-            click.echo(_readable(result), err=not hasattr(result, "label"))
+            click.echo(result.readable(), err=not hasattr(result, "label"))
+    if skipped:
+        many = len(skipped) > 1
+        click.echo(f"skipped {len(skipped)} file{'s' * many} that {'are' if many else 'is'} not {'images' if many else 'an image'}",
+                   err=True)
     if failed:
         raise click.ClickException(f"{failed} of {len(images)} image(s) could not be read")
-
-
-def _readable(result) -> str:
-    from edgeskin.runtime.gate import REASON_TEXT
-
-    if not hasattr(result, "label"):
-        return f"{result.path}: error: {result.error}"
-    if not result.usable:
-        # No diagnosis either (the JSON's list is empty): no one should read one off a photo the model cannot judge.
-        why = "; ".join(REASON_TEXT.get(r, r) for r in result.reasons)
-        return (f"{result.path}: cannot judge this image ({why}): retake it "
-                f"(malignant_probability {result.malignant_probability:.3f}, not to be relied on)")
-    line = (f"{result.path}: {result.label} (malignant_probability {result.malignant_probability:.3f}, "
-            f"threshold {result.threshold:.3f})")
-    if result.diagnosis:
-        line += "; diagnosis " + ", ".join(f"{dx} {p:.2f}" for dx, p in result.diagnosis)
-    return line
 
 
 @main.command()
@@ -274,7 +259,7 @@ def _readable(result) -> str:
               help="Sensitivity the screening operating point must reach on DATA.")
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True, help="Folds of the cross-validated report.")
 @click.option("--bootstrap", type=click.IntRange(100, 100000), default=1000, show_default=True)
-@_friendly
+@friendly
 def calibrate(model, data, out, target_sensitivity, folds, bootstrap):
     """Calibrate MODEL for a site on its own labelled images, without TensorFlow.
 
@@ -310,7 +295,7 @@ def calibrate(model, data, out, target_sensitivity, folds, bootstrap):
 @click.option("--bootstrap", type=click.IntRange(100, 100000), default=1000, show_default=True)
 @click.option("--robustness/--no-robustness", default=True, show_default=True,
               help="Also score the set re-encoded, rescaled, relit, rotated and flipped (one pass each).")
-@_friendly
+@friendly
 def evaluate(model, data, threshold, out, compare, run_dir, bootstrap, robustness):
     """Evaluate MODEL (.tflite, .keras or run folder) on one or more DATA sets, with CIs, figures and a model card.
 
@@ -325,7 +310,8 @@ def evaluate(model, data, threshold, out, compare, run_dir, bootstrap, robustnes
     """
     from pathlib import Path
 
-    from edgeskin.reporting.evaluate import evaluate as run_evaluation, table
+    from edgeskin.reporting.evaluate import evaluate as run_evaluation
+    from edgeskin.reporting.tables import table
 
     def progress(items, n):
         with click.progressbar(items, length=n, label="scoring", file=sys.stderr) as bar:
@@ -336,103 +322,9 @@ def evaluate(model, data, threshold, out, compare, run_dir, bootstrap, robustnes
     click.echo(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'MODEL_CARD.md'} and {Path(out) / 'figures'}/")
 
 
-@main.command()
-@click.argument("images", nargs=-1, required=True, type=click.Path())
-@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A float Keras model (.keras) [default: the shipped models/edgeskin.keras].")
-@click.option("--out", type=click.Path(file_okay=False), default="explanations", show_default=True)
-@click.option("--opacity", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
-              help="Heatmap opacity in the overlay.")
-@_friendly
-def explain(images, model, out, opacity):
-    """Save Grad-CAM heatmaps and overlays showing what drove the malignant score.
-
-    Example: edgeskin explain data/samples/malignant_1.jpg --out explanations
-    """
-    from pathlib import Path
-
-    from edgeskin.training import explain as explain_lib
-    from edgeskin.training import model as model_lib
-    from edgeskin.runtime.imageio import ImageError, find_images
-    from edgeskin.runtime import default_model
-
-    keras_path = Path(model) if model else default_model("edgeskin.keras")
-    paths = find_images(images)
-    if not paths:
-        raise click.ClickException("no images found in " + ", ".join(images))
-    net = model_lib.load(keras_path)
-    failed, stems = 0, set()
-    for path in paths:
-        try:
-            result = explain_lib.explain(net, path, opacity)
-        except ImageError as exc:
-            failed += 1
-            click.echo(f"{path}: error: {exc}", err=True)
-            continue
-        # a/x.jpg and b/x.png must not overwrite each other's output.
-        stem, k = path.stem, 1
-        while stem in stems:
-            k += 1
-            stem = f"{path.stem}_{k}"
-        stems.add(stem)
-        _, overlay = explain_lib.save(result, out, stem)
-        click.echo(f"{path}: malignant_probability {result.malignant_probability:.3f} -> {overlay}")
-    if failed:
-        raise click.ClickException(f"{failed} image(s) could not be read")
-
-
-@main.command()
-@click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="A .tflite model [default: the shipped one].")
-@click.option("--keras", "keras_model", type=click.Path(exists=True, dir_okay=False), default=None,
-              help="Float Keras model for Grad-CAM [default: edgeskin.keras beside the .tflite].")
-@click.option("--port", type=click.IntRange(1024, 65535), default=8501, show_default=True)
-@_friendly
-def app(model, keras_model, port):
-    """Run the web app: upload images, move the threshold, see Grad-CAM.
-
-    Needs the [app] extra (pip install ".[app]"). Uploads stay in memory.
-
-    Example: edgeskin app --port 8501
-    """
-    import subprocess
-    from pathlib import Path
-
-    try:
-        import streamlit  # noqa: F401
-    except ImportError as exc:
-        raise click.ClickException('the web app needs Streamlit: pip install ".[app]"') from exc
-    from edgeskin import app as app_module
-
-    extra = (["--model", model] if model else []) + (["--keras", keras_model] if keras_model else [])
-    cmd = [sys.executable, "-m", "streamlit", "run", str(Path(app_module.__file__)), "--server.headless", "true",
-           "--server.port", str(port), "--server.maxUploadSize", str(app_module.MAX_UPLOAD_MB),
-           "--browser.gatherUsageStats", "false", "--", *extra]
-    raise SystemExit(subprocess.call(cmd))
-
-
-@main.command()
-@click.option("--model", type=click.Path(dir_okay=False), default=None, help="A .tflite model [default: the shipped one].")
-@click.option("--port", type=click.IntRange(0, 65535), default=8000, show_default=True, help="0 picks a free port.")
-@click.option("--build", "build_dir", type=click.Path(file_okay=False), default=None,
-              help="Write the static site to this folder and exit, instead of serving it.")
-@_friendly
-def web(model, port, build_dir):
-    """Serve the offline web app on 127.0.0.1, or write it as a static site for any host.
-
-    The model runs in the browser (MediaPipe); nothing is sent anywhere. Needs `npm ci --prefix web` once
-    (./run.sh web does it).
-
-    Example: ./run.sh web --port 8000   (then open http://127.0.0.1:8000/)
-    """
-    from edgeskin import web as web_lib
-
-    if build_dir:
-        site = web_lib.build(model, build_dir)
-        click.echo(f"wrote {len(site.files)} files to {site.folder}: {site.total_bytes / 1e6:.1f} MB, "
-                   f"{site.gzip_bytes / 1e6:.1f} MB gzipped")
-    else:
-        web_lib.serve(model, port, on_ready=click.echo)
+main.add_command(explain)
+main.add_command(app)
+main.add_command(web)
 
 
 if __name__ == "__main__":  # pragma: no cover

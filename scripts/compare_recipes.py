@@ -28,10 +28,10 @@ def main() -> None:
     ap.add_argument("--recipes", nargs="+", default=["naive", "augmentation only", "harmonize + augmentation"])
     args = ap.parse_args()
 
-    from edgeskin.data import augment, perturb, sets
+    from edgeskin.data import augment, perturb, sets, splits
     from edgeskin.training import model as model_lib
 
-    ds = sets.split_validation(sets.discover(args.data), 0.2, args.seed)
+    ds = splits.split_validation(sets.discover(args.data), 0.2, args.seed)
     x_train_raw = sets.load_images(ds.train, 224)
     y_train = np.array([s.label for s in ds.train])
     x_val = sets.load_images(ds.val, 224)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
-from edgeskin.reporting.card import diagnosis_section, robustness_rows, sets_section  # noqa: E402
+from edgeskin.reporting.card_results import diagnosis_section, robustness_rows, sets_section  # noqa: E402
 
 
 def _ci(e) -> str:

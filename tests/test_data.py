@@ -5,7 +5,7 @@ import pytest
 from PIL import Image
 
 from conftest import write_class_folders
-from edgeskin.data import sets
+from edgeskin.data import sets, splits
 
 
 def test_layout_b_class_folders(class_folders):
@@ -31,7 +31,7 @@ def test_layout_c_manifest_with_groups(class_folders, tmp_path):
     manifest.write_text("\n".join(rows) + "\n")
     ds = sets.discover(manifest)
     assert len(ds.train) == 24 and ds.train[0].group == "patient0_0"
-    split = sets.split_validation(ds, 0.25, seed=1)
+    split = splits.split_validation(ds, 0.25, seed=1)
     val_groups = {s.group for s in split.val}
     assert val_groups and not val_groups & {s.group for s in split.train}
 
@@ -52,7 +52,7 @@ def test_missing_and_empty_class(tmp_path):
         sets.discover(tmp_path / "s")
     (tmp_path / "s" / "malignant").mkdir()
     with pytest.raises(sets.DataError, match="no malignant images"):
-        sets.split_validation(sets.discover(tmp_path / "s"), 0.2, seed=0)
+        splits.split_validation(sets.discover(tmp_path / "s"), 0.2, seed=0)
 
 
 def test_not_a_dataset(tmp_path):
@@ -70,8 +70,8 @@ def test_split_is_stratified_seeded_and_keeps_duplicates_together(tmp_path):
     for q in (40, 60, 80):
         src.save(root / "benign" / f"copy_{q}.jpg", quality=q)
     ds = sets.discover(root)
-    a = sets.split_validation(ds, 0.25, seed=3)
-    b = sets.split_validation(ds, 0.25, seed=3)
+    a = splits.split_validation(ds, 0.25, seed=3)
+    b = splits.split_validation(ds, 0.25, seed=3)
     assert a.val == b.val
     counts = a.counts()["val"]
     assert 4 <= counts["benign"] <= 8 and 4 <= counts["malignant"] <= 7
@@ -86,7 +86,7 @@ def test_held_out_test_drops_copies_of_training_images(tmp_path):
     write_class_folders(tmp_path / "train", 6)
     write_class_folders(tmp_path / "test", 4, seed=5)
     shutil.copy(tmp_path / "train" / "malignant" / "malignant_2.jpg", tmp_path / "test" / "malignant" / "leak.jpg")
-    kept, dropped = sets.held_out_test(sets.discover(tmp_path))
+    kept, dropped = splits.held_out_test(sets.discover(tmp_path))
     # Synthetic lesions look alike, so other pairs may collide too; the copy must go.
     assert dropped >= 1 and len(kept) + dropped == 9
     assert all("leak" not in s.path for s in kept)
@@ -101,7 +101,7 @@ def test_load_images_lists_every_bad_file(class_folders):
 
 
 def test_manifest_round_trip(class_folders, tmp_path):
-    ds = sets.split_validation(sets.discover(class_folders), 0.25, seed=0)
+    ds = splits.split_validation(sets.discover(class_folders), 0.25, seed=0)
     sets.write_manifest(tmp_path / "splits.csv", {"train": ds.train, "val": ds.val})
     back = sets.discover(tmp_path / "splits.csv")
     assert [s.label for s in back.train] == [s.label for s in ds.train]
@@ -118,5 +118,5 @@ def test_test_images_sharing_a_group_with_training_are_left_out(tmp_path):
             split = "test" if i >= 2 else "train"
             rows.append(f"{p},{name},{'patientA' if (k, i) in ((0, 0), (0, 3)) else ''},{split}")
     (tmp_path / "m.csv").write_text("\n".join(rows) + "\n")
-    kept, dropped = sets.held_out_test(sets.discover(tmp_path / "m.csv"))
+    kept, dropped = splits.held_out_test(sets.discover(tmp_path / "m.csv"))
     assert all(s.group != "patientA" for s in kept) and dropped >= 1

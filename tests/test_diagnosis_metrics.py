@@ -19,7 +19,7 @@ from PIL import Image
 from conftest import lesion, write_class_folders
 from edgeskin.reporting import card
 from edgeskin.data import sets
-from edgeskin.reporting import evaluate, figures, metrics
+from edgeskin.reporting import evaluate, figures, metrics, tables
 
 NAMES = ("akiec", "bcc", "mel", "nv")
 
@@ -231,7 +231,7 @@ def test_card_and_table_show_the_sets_the_head_and_the_published_isic2017_aucs(s
     assert text.count("confusion_matrix.png") == 1  # in its own section, not again under Figures
     row = next(line for line in text.splitlines() if line.startswith("| isic-binary |") and "`old.tflite`" in line)
     assert f"{result['sets']['isic-binary']['compare']['metrics']['roc_auc']['value']:.3f}" in row
-    printed = evaluate.table(result)
+    printed = tables.table(result)
     assert "diagnosis head on isic2017" in printed and "by test set" in printed
     # A card for the same result renders with no sets too (older metrics.json files).
     assert "## Results by test set" not in card.render({k: v for k, v in result.items() if k != "sets"}, {})

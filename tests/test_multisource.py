@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from conftest import lesion, write_class_folders, write_multisource_manifest
-from edgeskin.data import sets
+from edgeskin.data import sets, splits
 from edgeskin.training.arrays import diagnosis_targets, sample_weights
 
 
@@ -23,7 +23,7 @@ def test_multisource_manifest_keeps_dx_groups_and_sources(tmp_path):
     assert len(ds.train) == 80 and len(ds.test) == 40
     assert {s.source for s in ds.train} == {"clinic_a", "clinic_b"}
     assert {s.dx for s in ds.train} == {"", "nv", "bkl", "mel", "bcc"}
-    split = sets.split_validation(ds, 0.3, seed=0)
+    split = splits.split_validation(ds, 0.3, seed=0)
     side = _split_of(split)
     for s in split.train + split.val:
         partner = next(o for o in split.train + split.val if o.group == s.group and o.path != s.path)
@@ -75,7 +75,7 @@ def test_a_lesion_and_its_copies_stay_in_one_split(tmp_path):
     assert "ISIC_0000008.jpg" not in kept and "ISIC_0000009.jpg" not in kept  # the lesion's other image too
     assert {s.source for s in ds.train} == {"isic-binary", "ham10000"}
     for seed in range(4):
-        split = sets.split_validation(ds, 0.3, seed=seed)
+        split = splits.split_validation(ds, 0.3, seed=seed)
         side = _split_of(split)
         lesions: dict[str, set[str]] = {}
         for s in split.train + split.val:

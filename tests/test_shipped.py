@@ -39,13 +39,13 @@ def test_shipped_files_agree_with_each_other():
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/isic-binary")
 def test_the_shipped_split_is_reproduced_by_train():
-    from edgeskin.data import sets
+    from edgeskin.data import sets, splits
 
     config = json.loads((MODELS / "training" / "config.json").read_text())
     recorded = sets.discover(MODELS / "training" / "splits.csv")
     # The sets the model was trained on, found beside the project under their own names.
     sources = [SHARED.parent / Path(p).name for p in config["data"].split(" + ")]
-    again = sets.split_validation(sets.discover_many(sources), config["options"]["val_fraction"],
+    again = splits.split_validation(sets.discover_many(sources), config["options"]["val_fraction"],
                                   config["options"]["seed"])
     assert sorted(Path(s.path).resolve() for s in again.val) == sorted(Path(s.path).resolve() for s in recorded.val)
 
@@ -114,12 +114,12 @@ def test_shipped_gate_lets_the_test_lesions_through():
     import numpy as np
     from PIL import Image
 
-    from edgeskin.data import perturb, sets
+    from edgeskin.data import perturb, sets, splits
     from edgeskin.runtime.imageio import open_rgb, to_model_input
     from edgeskin.runtime import Classifier
 
     clf = Classifier(MODELS / "edgeskin_int8.tflite")
-    kept, _ = sets.held_out_test(sets.discover(SHARED))
+    kept, _ = splits.held_out_test(sets.discover(SHARED))
     stored = [open_rgb(s.path) for s in kept]
     share = np.mean([bool(clf.reasons(im.size, to_model_input(im, clf.image_size))) for im in stored])
     q75 = [perturb.reencode(im, 75) for im in stored]

@@ -23,6 +23,7 @@ import numpy as np
 from PIL import Image, JpegImagePlugin
 
 from edgeskin.data import dedup, sets
+from edgeskin.data.splits import hashes as perceptual_hashes
 from edgeskin.runtime.imageio import ImageError, open_rgb
 
 # Flag a property when the lower end of the 95% CI of its (oriented) AUC
@@ -165,7 +166,7 @@ def _per_class(prop: Property, values: list, labels: np.ndarray) -> dict:
 
 
 def _duplicates(samples_by_split: dict, max_distance: int) -> dict:
-    hashes = {name: sets.hashes(s) for name, s in samples_by_split.items() if s}
+    hashes = {name: perceptual_hashes(s) for name, s in samples_by_split.items() if s}
     out = {}
     for name, h in hashes.items():
         report = dedup.cluster(h, max_distance)

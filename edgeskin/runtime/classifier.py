@@ -7,6 +7,7 @@ tflite_runtime, then TensorFlow's own interpreter as a last resort.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from collections import deque
 from concurrent.futures import ThreadPoolExecutor
@@ -29,19 +30,37 @@ class RuntimeModelError(ValueError):
 
 
 def _interpreter_class():
+    """LiteRT's interpreter, or the abandoned tflite-runtime's where only that is installed; never TensorFlow's."""
     try:
         from ai_edge_litert.interpreter import Interpreter
     except ImportError:
         try:
             from tflite_runtime.interpreter import Interpreter
-        except ImportError:
-            try:
-                from tensorflow.lite import Interpreter
-            except ImportError as exc:
-                raise RuntimeModelError(
-                    "no TFLite interpreter installed: pip install ai-edge-litert"
-                ) from exc
+        except ImportError as exc:
+            raise RuntimeModelError("no TFLite interpreter installed: pip install ai-edge-litert") from exc
     return Interpreter
+
+
+@contextlib.contextmanager
+def quiet_native_stderr():
+    """Silence what native code writes to stderr meanwhile (LiteRT's "INFO: Created TensorFlow Lite
+    XNNPACK delegate" on every start). EDGESKIN_VERBOSE=1 (`edgeskin --verbose`) keeps it; Python's
+    own errors are exceptions, not stderr, so none is lost."""
+    if os.environ.get("EDGESKIN_VERBOSE"):
+        yield
+        return
+    try:
+        saved = os.dup(2)
+    except OSError:  # no usable stderr to hide
+        yield
+        return
+    with open(os.devnull, "w") as null:
+        os.dup2(null.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
 
 
 def default_model(name: str = DEFAULT_MODEL_NAME) -> Path:
@@ -73,6 +92,17 @@ class Prediction:
             return UNUSABLE
         return MALIGNANT if self.malignant_probability >= self.threshold else BENIGN
 
+    def readable(self) -> str:
+        """One line for a person. An image the model cannot judge gets no probability and no diagnosis:
+        a number the tool does not stand behind (a screenshot scored 0.986) only alarms; the JSON keeps it."""
+        if not self.usable:
+            why = "; ".join(gate_lib.REASON_TEXT.get(r, r) for r in self.reasons)
+            return f"{self.path}: cannot judge this image ({why}): retake it"
+        line = f"{self.path}: {self.label} (malignant_probability {self.malignant_probability:.3f}, threshold {self.threshold:.3f})"
+        if self.diagnosis:
+            line += "; diagnosis " + ", ".join(f"{dx} {p:.2f}" for dx, p in self.diagnosis)
+        return line
+
     def to_dict(self) -> dict:
         out = {"path": self.path, "malignant_probability": round(self.malignant_probability, 6),
                "threshold": self.threshold, "label": self.label, "usable": self.usable, "reasons": list(self.reasons)}
@@ -85,6 +115,11 @@ class Prediction:
 class Failure:
     path: str
     error: str
+
+    def readable(self) -> str:
+        # The error names the file itself; say the path once.
+        error = self.error[len(self.path) + 2:] if self.error.startswith(self.path + ": ") else self.error
+        return f"{self.path}: error: {error}"
 
     def to_dict(self) -> dict:
         return {"path": self.path, "error": self.error}
@@ -115,7 +150,8 @@ class Classifier:
             raise RuntimeModelError(f"{path}: {exc}") from exc
         try:
             self._interpreter = _interpreter_class()(model_content=raw, num_threads=num_threads or 1)
-            self._interpreter.allocate_tensors()
+            with quiet_native_stderr():
+                self._interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise RuntimeModelError(f"{path}: not a usable TFLite model ({str(exc).splitlines()[0]})") from exc
         self.path = path
@@ -184,6 +220,30 @@ class Classifier:
         return points[name]
 
     # Inference ------------------------------------------------------------
+    def classify(self, image, threshold: float | None = None, operating_point: str | None = None,
+                 gate: bool = True) -> Prediction:
+        """One image in (a path, a PIL image, or an RGB uint8 array of any size), a Prediction out.
+
+        The image is prepared exactly as `edgeskin predict` prepares a file;
+        the threshold defaults to the model's screening operating point, and
+        a model with a diagnosis head adds its most probable diagnoses.
+
+        Example:
+            >>> import edgeskin
+            >>> result = edgeskin.Classifier().classify("data/samples/malignant_1.jpg")
+            >>> result.label, result.usable
+            ('malignant', True)
+        """
+        if isinstance(image, (str, os.PathLike)):
+            name, im = str(image), open_rgb(image)
+        else:
+            name, im = "<image>", _as_rgb(image)
+        pixels = to_model_input(im, self.image_size)
+        reasons = self.reasons(im.size, pixels) if gate else ()
+        p, dx = self.scores(pixels)
+        top = (() if reasons else self.top_diagnoses(dx)) if dx is not None else None
+        return Prediction(name, p, self.threshold(threshold, operating_point), reasons, top)
+
     def malignant_probability(self, pixels: np.ndarray, tta: bool = False) -> float:
         """One (size, size, 3) uint8 image in, the malignant probability out.
 
@@ -265,35 +325,54 @@ class Classifier:
             raise RuntimeModelError(f"{self.path}: this model has no diagnosis head (it was trained without diagnoses)")
         paths = [str(p) for p in paths]
 
-        def decode(path):
-            try:
-                im = open_rgb(path)
-                return im.size, to_model_input(im, self.image_size)
-            except ImageError as exc:
-                return exc
+        for path, decoded in _decoded(paths, self.image_size, workers or min(4, os.cpu_count() or 1)):
+            if isinstance(decoded, ImageError):
+                yield Failure(path, str(decoded))
+                continue
+            size, pixels = decoded
+            reasons = self.reasons(size, pixels) if gate else ()
+            p, dx = self.scores(pixels, tta)
+            # No diagnosis for an image the model cannot judge: the key stays, empty.
+            top = (() if reasons else self.top_diagnoses(dx)) if diagnosis else None
+            yield Prediction(path, p, threshold, reasons, top)
 
-        workers = workers or min(4, os.cpu_count() or 1)
-        with ThreadPoolExecutor(workers) as pool:
-            # A bounded look-ahead: decoding stays ahead of inference without
-            # holding a whole folder of pixels in memory.
-            pending = deque()
-            todo = iter(paths)
-            for path in todo:
-                pending.append((path, pool.submit(decode, path)))
-                if len(pending) > 2 * workers:
-                    break
-            while pending:
-                path, future = pending.popleft()
-                nxt = next(todo, None)
-                if nxt is not None:
-                    pending.append((nxt, pool.submit(decode, nxt)))
-                decoded = future.result()
-                if isinstance(decoded, ImageError):
-                    yield Failure(path, str(decoded))
-                else:
-                    size, pixels = decoded
-                    reasons = self.reasons(size, pixels) if gate else ()
-                    p, dx = self.scores(pixels, tta)
-                    # No diagnosis for an image the model cannot judge: the key stays, empty.
-                    top = (() if reasons else self.top_diagnoses(dx)) if diagnosis else None
-                    yield Prediction(path, p, threshold, reasons, top)
+
+def _decode(path: str, size: int):
+    try:
+        im = open_rgb(path)
+        return im.size, to_model_input(im, size)
+    except ImageError as exc:
+        return exc
+
+
+def _decoded(paths, size: int, workers: int):
+    """(path, (original size, pixels) or the ImageError), in order, decoded on a thread pool.
+
+    A bounded look-ahead: decoding stays ahead of inference without holding a
+    whole folder of pixels in memory.
+    """
+    with ThreadPoolExecutor(workers) as pool:
+        pending = deque()
+        todo = iter(paths)
+        for path in todo:
+            pending.append((path, pool.submit(_decode, path, size)))
+            if len(pending) > 2 * workers:
+                break
+        while pending:
+            path, future = pending.popleft()
+            nxt = next(todo, None)
+            if nxt is not None:
+                pending.append((nxt, pool.submit(_decode, nxt, size)))
+            yield path, future.result()
+
+
+def _as_rgb(image):
+    """A PIL image or an (h, w, 3) uint8 array as an RGB PIL image."""
+    from PIL import Image
+
+    if isinstance(image, Image.Image):
+        return image.convert("RGB")
+    a = np.asarray(image)
+    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
+        raise RuntimeModelError(f"expected an (height, width, 3) uint8 RGB array, got {a.dtype} {a.shape}")
+    return Image.fromarray(a, "RGB")

@@ -86,16 +86,37 @@ def load_rgb(source, size: int) -> np.ndarray:
     return to_model_input(open_rgb(source), size)
 
 
-def find_images(paths) -> list[Path]:
-    """Expand files and folders (recursively) into a sorted list of image paths.
+def is_image(path: Path) -> bool:
+    """Whether Pillow recognises the file's content as an image, whatever its name says.
 
-    A file named explicitly is kept whatever its suffix, so that a bad file
-    gets its own error rather than being skipped in silence.
+    Only the header is read: a JPEG saved without an extension counts, a
+    notes.txt named scan.jpg does not.
+    """
+    try:
+        with Image.open(path):
+            return True
+    except (OSError, ValueError, SyntaxError, Image.DecompressionBombError):
+        return False
+
+
+def scan_images(paths) -> tuple[list[Path], list[Path]]:
+    """(images, skipped): files and folders (recursively) expanded into a sorted list of images, by content.
+
+    A file named explicitly is kept whatever it holds, so that a bad file gets
+    its own error; in a folder, files that are not images are skipped and
+    returned, so that the caller can say how many.
     """
     found: list[Path] = []
+    skipped: list[Path] = []
     for p in map(Path, paths):
-        if p.is_dir():
-            found.extend(sorted(q for q in p.rglob("*") if q.is_file() and q.suffix.lower() in IMAGE_SUFFIXES))
-        else:
+        if not p.is_dir():
             found.append(p)
-    return found
+            continue
+        for q in sorted(q for q in p.rglob("*") if q.is_file() and not q.name.startswith(".")):
+            (found if q.suffix.lower() in IMAGE_SUFFIXES or is_image(q) else skipped).append(q)
+    return found, skipped
+
+
+def find_images(paths) -> list[Path]:
+    """The images scan_images finds."""
+    return scan_images(paths)[0]

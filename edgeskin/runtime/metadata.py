@@ -159,13 +159,11 @@ def _no_constant(name: str):
     raise ValueError(f"{name} is not a number edgeskin accepts")
 
 
-def _tflite_schema():
+def tflite_schema():
     """TFLite's generated flatbuffer classes: LiteRT ships them, so rewriting
     metadata (`edgeskin calibrate`) needs no TensorFlow."""
-    try:
-        from ai_edge_litert import schema_py_generated as schema
-    except ImportError:  # pragma: no cover - only without LiteRT
-        from tensorflow.lite.python import schema_py_generated as schema
+    from ai_edge_litert import schema_py_generated as schema
+
     return schema
 
 
@@ -174,7 +172,7 @@ def embed(model: bytes, extra: dict[str, bytes]) -> bytes:
     import flatbuffers
     import numpy as np
 
-    schema = _tflite_schema()
+    schema = tflite_schema()
 
     obj = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(model), 0))
     replaced = [m for m in (obj.metadata or []) if m.name.decode() in extra]

@@ -75,6 +75,12 @@ class ExportResult:
     passed: bool
     size_bytes: int
 
+    def failure(self, options: "ExportOptions") -> str:
+        """Which check the export failed, in words."""
+        if self.auc < self.float_auc - options.max_auc_drop:
+            return f"AUC fell more than {options.max_auc_drop} below the float model's"
+        return f"diagnosis head agreed with the float model's on less than {options.min_diagnosis_agreement:.0%} of images"
+
 
 class ExportError(ValueError):
     """An export that failed its check or could not run."""
@@ -100,7 +106,7 @@ def _primary_first(tflite: bytes) -> bytes:
     """
     import flatbuffers
 
-    schema = metadata._tflite_schema()
+    schema = metadata.tflite_schema()
     obj = schema.ModelT.InitFromObj(schema.Model.GetRootAsModel(bytearray(tflite), 0))
     graph = obj.subgraphs[0]
     if len(graph.outputs) < 2:
@@ -136,7 +142,10 @@ def _convert(serving, options: ExportOptions, representative: np.ndarray) -> byt
         elif options.quantization == "float16":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
             converter.target_spec.supported_types = [tf.float16]
-        return converter.convert()
+        from edgeskin.runtime.classifier import quiet_native_stderr
+
+        with quiet_native_stderr():  # the converter's own C++ lines (fully_quantize: 0, ...)
+            return converter.convert()
 
 
 def build_info(run: dict, options: ExportOptions, image_size: int, points, checks: dict, platt=None,

@@ -75,14 +75,7 @@ def _watch(keras, predict, arrays: Arrays, keep_model, options: TrainOptions, st
             self.started = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
-            outputs = predict(view)
-            z = model_lib.malignant_logits(outputs)
-            logs["val_auc"], logs["val_loss"] = auc(z, y_val), calibration.nll(z, y_val)
-            score = logs["val_auc"]
-            if isinstance(outputs, (list, tuple)) and len(outputs) > 1:
-                logs["val_dx_balanced_accuracy"] = diagnosis_report(outputs[1], dx_val)["balanced_accuracy"]
-                if options.select_on == "auc+dx":
-                    score += logs["val_dx_balanced_accuracy"]
+            score = _validate(predict(view), y_val, dx_val, options.select_on, logs)
             self.improved = score > self.best
             if self.improved:
                 self.best, self.best_weights, self.wait = score, keep_model.get_weights(), 0
@@ -94,6 +87,16 @@ def _watch(keras, predict, arrays: Arrays, keep_model, options: TrainOptions, st
                 on_epoch(epoch, logs, self)
 
     return Watch()
+
+
+def _validate(outputs, y_val, dx_val, select_on: str, logs: dict) -> float:
+    """Put the validation figures into logs; return the score that selects epochs."""
+    z = model_lib.malignant_logits(outputs)
+    logs["val_auc"], logs["val_loss"] = auc(z, y_val), calibration.nll(z, y_val)
+    if not (isinstance(outputs, (list, tuple)) and len(outputs) > 1):
+        return logs["val_auc"]
+    logs["val_dx_balanced_accuracy"] = diagnosis_report(outputs[1], dx_val)["balanced_accuracy"]
+    return logs["val_auc"] + (logs["val_dx_balanced_accuracy"] if select_on == "auc+dx" else 0.0)
 
 
 def _balanced_softmax(keras, log_prior: np.ndarray, smoothing: float):

@@ -93,7 +93,7 @@ def _per_source(p, y, arrays: Arrays, points, outputs, diagnoses=sets.DIAGNOSES)
 def write_evaluation(run_dir: Path, y, p, points, temperature) -> None:
     """The same evaluation that `edgeskin evaluate` writes, on the calibration
     pool, so every run can be judged without touching a test set."""
-    from edgeskin.reporting.evaluate import report_files
+    from edgeskin.reporting.outputs import report_files
     from edgeskin.reporting.metrics import json_safe
 
     report = report_files(y, p, {k: v.threshold for k, v in points.items()}, run_dir / "evaluation",

@@ -114,3 +114,10 @@ def load_run(run_dir) -> dict:
         raise RunError(f"{run_dir}: this run did not finish (stopped or still running); "
                        f"continue it with: edgeskin train --resume {run_dir}")
     return {"config": config, "calibration": _read_json(run_dir / "calibration.json")}
+
+
+def load_model(path):
+    """A run's Keras model (model.keras, best.keras, or one copied out of a run), for scoring and explaining."""
+    from edgeskin.training import model as model_lib
+
+    return model_lib.load(path)

@@ -12,7 +12,7 @@ from dataclasses import asdict, replace
 from pathlib import Path
 
 from edgeskin import __version__
-from edgeskin.data import sets
+from edgeskin.data import sets, splits
 from edgeskin.training.arrays import load_arrays
 from edgeskin.training.options import RunResult, TrainOptions
 from edgeskin.training.checkpoint import Checkpoint
@@ -93,7 +93,7 @@ class _Clock:
 
 def _dataset(sources, options: TrainOptions, log) -> tuple[sets.Dataset, TrainOptions]:
     """The data, split; and the options with the diagnosis head switched on when the data names diagnoses."""
-    dataset = sets.split_validation(sets.discover_many(sources), options.val_fraction, options.seed,
+    dataset = splits.split_validation(sets.discover_many(sources), options.val_fraction, options.seed,
                                     options.max_duplicate_distance)
     for note in dataset.notes:
         log(note)
