@@ -78,6 +78,12 @@ def main(verbose):
               help="Augmented copies of the training set whose frozen features train the head.")
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
               help="Minutes: stop fine-tuning before an epoch that would end later than this after the start.")
+@click.option("--input", "input_mode", type=click.Choice(["auto", "memory", "stream"]), default="auto",
+              show_default=True, help="Decode the training images into memory once, or stream them from disk "
+                                      "batch by batch; auto streams sets over 4 GiB decoded.")
+@click.option("--distribute", type=click.Choice(["none", "mirrored", "multi-worker"]), default=None,
+              help="tf.distribute: every local GPU, or the machines TF_CONFIG names (docs/scale.md); "
+                   "--batch-size is then the global batch.  [default: none, or the resumed run's own]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @friendly
 def train(data, out, resume_dir, overwrite, **flags):
@@ -99,7 +105,7 @@ def train(data, out, resume_dir, overwrite, **flags):
     if bool(data) == bool(resume_dir):
         raise click.UsageError("give DATA to start a run, or --resume RUN to continue one (not both)")
     if resume_dir:
-        result = resume(resume_dir, log=click.echo)
+        result = resume(resume_dir, log=click.echo, distribute_as=flags["distribute"])
     else:
         command = "edgeskin " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
         result = run_training(data, out, _train_options(**flags), overwrite=overwrite, log=click.echo, command=command)
@@ -113,7 +119,7 @@ def train(data, out, resume_dir, overwrite, **flags):
 def _train_options(seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,
                    fine_tune_from, fine_tune_lr, train_image_size, diagnosis_loss, label_smoothing,
                    diagnosis_in_fine_tuning, dx_loss_weight, select_on, patience, loss, class_weights, augment,
-                   head_copies, time_budget):
+                   head_copies, time_budget, input_mode, distribute):
     from edgeskin.data.augment import AugmentOptions
     from edgeskin.training.model import ModelOptions
     from edgeskin.training.options import TrainOptions
@@ -126,7 +132,7 @@ def _train_options(seed, weights, image_size, alpha, val_fraction, batch_size, h
         diagnosis_in_fine_tuning=diagnosis_in_fine_tuning, diagnosis_loss_weight=dx_loss_weight, select_on=select_on,
         patience=patience, loss=loss, class_weights=class_weights,
         augmentation=AugmentOptions() if augment else AugmentOptions.off(), head_copies=head_copies,
-        time_budget_minutes=time_budget,
+        time_budget_minutes=time_budget, input=input_mode, distribute=distribute or "none",
     )
 
 

@@ -8,6 +8,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from edgeskin.data import augment, perturb, sets
+from edgeskin.training import streaming
 from edgeskin.training.options import TrainOptions
 
 
@@ -56,7 +57,7 @@ def diagnosis_targets(samples, diagnoses: tuple[str, ...], weighting: str = "inv
 class Arrays:
     """The decoded images of one run: harmonized training images and the calibration pool."""
 
-    x_train: np.ndarray
+    x_train: np.ndarray  # or streaming.DiskImages, which decode when indexed
     y_train: np.ndarray
     w_train: np.ndarray  # loss weight per training image (sample_weights)
     d_train: np.ndarray  # class-weighted one-hot diagnosis targets (zeros: no diagnosis)
@@ -110,7 +111,7 @@ def calibration_pool(samples, size: int, qualities=perturb.DEPLOYMENT_QUALITIES)
 
 def load_arrays(dataset: sets.Dataset, options: TrainOptions) -> Arrays:
     size, diagnoses, copies = options.model.image_size, options.model.diagnoses, len(options.calibration_qualities)
-    x_train = augment.harmonize(sets.load_images(dataset.train, options.fit_size), options.augmentation)
+    x_train = streaming.training_images(dataset.train, options)  # an array, or DiskImages that decode when indexed
     # The balanced softmax takes the prior into its logits, so its targets stay unweighted.
     weighting = options.diagnosis_weighting if options.diagnosis_loss == "weighted" else "none"
     y_train = np.array([s.label for s in dataset.train], dtype=np.int64)

@@ -62,6 +62,14 @@ class TrainOptions:
     time_budget_minutes: float | None = None
     calibration_qualities: tuple[int, ...] = perturb.DEPLOYMENT_QUALITIES
     max_duplicate_distance: int = dedup.DEFAULT_MAX_DISTANCE
+    # Where fine-tuning reads its images: decoded once into "memory", or
+    # "stream"ed from disk batch by batch; "auto" streams sets too large for
+    # memory (streaming.input_mode). Both give the same pixels.
+    input: str = "auto"
+    # tf.distribute: "none", "mirrored" (every local GPU) or "multi-worker"
+    # (machines named by TF_CONFIG). batch_size is then the global batch
+    # (docs/scale.md); distribute.py has the rest.
+    distribute: str = "none"
 
     def __post_init__(self):
         if not 0.0 < self.val_fraction < 1.0:
@@ -102,6 +110,13 @@ class TrainOptions:
             raise ValueError(f"calibration_qualities must be JPEG qualities in [1, 100], got {self.calibration_qualities}")
         if not 0 <= self.max_duplicate_distance < dedup.HASH_SIZE**2:
             raise ValueError(f"max_duplicate_distance must lie in [0, {dedup.HASH_SIZE ** 2})")
+        if self.input not in ("auto", "memory", "stream"):
+            raise ValueError(f"input must be auto, memory or stream; got {self.input!r}")
+        if self.distribute not in ("none", "mirrored", "multi-worker"):
+            raise ValueError(f"distribute must be none, mirrored or multi-worker; got {self.distribute!r}")
+        if self.distribute == "multi-worker" and self.time_budget_minutes is not None:
+            # Each worker would read its own clock, and one stopping alone leaves the others waiting for it.
+            raise ValueError("time_budget_minutes cannot be used with distribute multi-worker")
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainOptions":

@@ -12,9 +12,8 @@ from dataclasses import dataclass, replace
 
 import numpy as np
 
-from edgeskin.data import augment
 from edgeskin.runtime import calibration
-from edgeskin.training import model as model_lib
+from edgeskin.training import distribute, model as model_lib, streaming
 from edgeskin.training.arrays import Arrays, augmented_batches
 from edgeskin.training.checkpoint import Checkpoint
 from edgeskin.training.options import TrainOptions
@@ -34,13 +33,16 @@ class Nets:
         return self.serving
 
 
-def build_nets(options: TrainOptions) -> Nets:
+def build_nets(options: TrainOptions, strategy=None) -> Nets:
     serving, backbone, head = model_lib.build(options.model)
-    if options.fit_size == options.model.image_size:
+    if options.fit_size == options.model.image_size and strategy is None:
         return Nets(serving, backbone, head, serving)
     # Keras keeps ImageNet weights per input size and only the 224 px file is
-    # here, so the smaller network takes the serving network's weights.
-    net, backbone, head = model_lib.build(replace(options.model, image_size=options.fit_size, weights="none"))
+    # here, so the smaller network takes the serving network's weights. With a
+    # strategy, only the training network is distributed: the serving one
+    # validates and calibrates on this worker alone.
+    with distribute.scope(strategy):
+        net, backbone, head = model_lib.build(replace(options.model, image_size=options.fit_size, weights="none"))
     net.set_weights(serving.get_weights())
     return Nets(net, backbone, head, serving)
 
@@ -138,8 +140,8 @@ def _compile(keras, model, learning_rate, options: TrainOptions, arrays: Arrays,
                   loss=losses if len(losses) > 1 else losses[0], loss_weights=weights if len(weights) > 1 else None)
 
 
-def _features(extractor, x, batch_size: int = 64) -> np.ndarray:
-    return extractor.predict(x, batch_size=batch_size, verbose=0)
+def _features(extractor, x, distribute_as: str = "none", batch_size: int = 64) -> np.ndarray:
+    return distribute.predict(extractor, x, batch_size, distribute_as)
 
 
 def train_head(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history: History, log):
@@ -152,12 +154,13 @@ def train_head(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history
     log(f"phase 1: heads on frozen features ({options.head_copies} augmented copies of the training set)")
     extractor = model_lib.feature_extractor(nets.net)
     rng = np.random.default_rng(options.seed)
-    f_train = np.concatenate([_features(extractor, augment.augment_batch(arrays.x_train, rng, options.augmentation))
-                              for _ in range(options.head_copies)])
+    f_train = streaming.augmented_features(lambda x: _features(extractor, x, options.distribute), arrays.x_train, rng,
+                                           options.augmentation, options.head_copies)
     y_train, w_train = arrays.targets(copies=options.head_copies)
-    f_cal = _features(model_lib.feature_extractor(nets.serving), arrays.x_cal[arrays.epoch_view()])
+    f_cal = _features(model_lib.feature_extractor(nets.serving), arrays.x_cal[arrays.epoch_view()], options.distribute)
     _compile(keras, nets.head, options.head_learning_rate, options, arrays)
-    watch = _watch(keras, lambda view: nets.head.predict(f_cal, batch_size=256, verbose=0), arrays, nets.head, options)
+    watch = _watch(keras, lambda view: distribute.predict(nets.head, f_cal, 256, options.distribute), arrays, nets.head,
+                   options)
     h = nets.head.fit(f_train, y_train, sample_weight=w_train, batch_size=options.batch_size,
                       epochs=options.head_epochs, callbacks=[watch], verbose=2, shuffle=True)
     history.add("head", h)
@@ -179,7 +182,7 @@ def fine_tune(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history:
     """
     trained = model_lib.set_fine_tuning(nets.backbone, options.fine_tune_from)
     log(f"phase 2: fine-tuning {trained} backbone layers from {options.fine_tune_from} at {options.fit_size} px")
-    batches = augmented_batches(keras, arrays, options)
+    batches = _batches(keras, arrays, options)
     schedule = keras.optimizers.schedules.CosineDecay(
         options.fine_tune_learning_rate / 100, len(batches) * options.fine_tune_epochs, alpha=0.05,
         warmup_target=options.fine_tune_learning_rate, warmup_steps=len(batches))
@@ -195,11 +198,21 @@ def fine_tune(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history:
                         nets.net.get_weights(), [v.numpy() for v in nets.net.optimizer.variables],
                         watch.best_weights if watch.improved else None)
 
-    watch = _watch(keras, lambda view: nets.synced().predict(arrays.x_cal[view], batch_size=64, verbose=0), arrays,
+    watch = _watch(keras, lambda view: distribute.predict(nets.synced(), arrays.x_cal[view], 64, options.distribute), arrays,
                    nets.net, options, start=start, deadline=deadline, on_epoch=save)
     if first < options.fine_tune_epochs:
-        nets.net.fit(batches, epochs=options.fine_tune_epochs, initial_epoch=first, callbacks=[watch], verbose=2)
+        fit_input = batches.fit_arguments(options.fine_tune_epochs) if hasattr(batches, "fit_arguments") else {"x": batches}
+        nets.net.fit(**fit_input, epochs=options.fine_tune_epochs, initial_epoch=first, callbacks=[watch], verbose=2)
     nets.net.set_weights(watch.best_weights)
+
+
+def _batches(keras, arrays: Arrays, options: TrainOptions):
+    """Fine-tuning's batches: the in-memory PyDataset of a single process, else the tf.data pipeline."""
+    if options.distribute == "none" and isinstance(arrays.x_train, np.ndarray):
+        return augmented_batches(keras, arrays, options)
+    import tensorflow as tf
+
+    return streaming.StreamBatches(arrays, options, tf.distribute.get_strategy() if options.distribute != "none" else None)
 
 
 def _resume_point(nets: Nets, checkpoint: Checkpoint, head_best: float, batches, log):
@@ -224,15 +237,17 @@ def refit_diagnosis(keras, nets: Nets, arrays: Arrays, options: TrainOptions, hi
     """
     log("phase 3: diagnosis head on the fine-tuned features")
     rng = np.random.default_rng((options.seed, 3))
-    f_train = _features(model_lib.feature_extractor(nets.net), augment.augment_batch(arrays.x_train, rng, options.augmentation))
+    extractor = model_lib.feature_extractor(nets.net)
+    f_train = streaming.augmented_features(lambda x: _features(extractor, x, options.distribute), arrays.x_train, rng,
+                                           options.augmentation, 1)
     view = arrays.epoch_view()
-    f_cal = _features(model_lib.feature_extractor(nets.synced()), arrays.x_cal[view])
+    f_cal = _features(model_lib.feature_extractor(nets.synced()), arrays.x_cal[view], options.distribute)
     head = nets.head
     head.get_layer("logit").trainable = False
     _compile(keras, head, options.head_learning_rate, options, arrays, weights=(0.0, 1.0))
     y, w = arrays.targets()
     select = replace(options, select_on="auc+dx")  # the AUC term is constant here: the logit layer is frozen
-    watch = _watch(keras, lambda v: head.predict(f_cal, batch_size=256, verbose=0), arrays, head, select)
+    watch = _watch(keras, lambda v: distribute.predict(head, f_cal, 256, options.distribute), arrays, head, select)
     h = head.fit(f_train, y, sample_weight=w, batch_size=options.batch_size, epochs=options.head_epochs,
                  callbacks=[watch], verbose=2, shuffle=True)
     history.add("diagnosis_head", h)

@@ -13,6 +13,7 @@ from pathlib import Path
 
 from edgeskin import __version__
 from edgeskin.data import sets, splits
+from edgeskin.training import distribute
 from edgeskin.training.arrays import load_arrays
 from edgeskin.training.options import RunResult, TrainOptions
 from edgeskin.training.checkpoint import Checkpoint
@@ -115,9 +116,19 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
     With resume, run_dir holds a stopped run of these sources and options
     (see resume()), which goes on from its checkpoint.
 
+    With options.distribute, every worker calls this with the same arguments
+    and only the chief writes run_dir (distribute.py).
+
     Example: train(["../shared/data/ham10000"], "runs/ham", TrainOptions.for_multisource())
     """
-    run_dir = Path(run_dir)
+    strategy = distribute.make_strategy(options.distribute)  # before TensorFlow runs anything (multi-worker)
+    with distribute.writable_folder(Path(run_dir), options.distribute, resume) as folder:
+        result = _train(source, folder, options, overwrite, log, command, resume, strategy)
+    return replace(result, run_dir=Path(run_dir))
+
+
+def _train(source, run_dir: Path, options: TrainOptions, overwrite: bool, log, command, resume: bool,
+           strategy) -> RunResult:
     checkpoint = Checkpoint(run_dir)
     clock = _Clock(log, (checkpoint.state() or {}).get("elapsed_seconds", 0.0) if resume else 0.0)
     log = clock.log
@@ -133,8 +144,13 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
     import keras
 
     keras.utils.set_random_seed(options.seed)
-    nets = build_nets(options)
-    history, serving = _phases(keras, nets, arrays, options, log, clock, checkpoint)
+    nets = build_nets(options, strategy)
+    if strategy is not None:
+        log(f"{options.distribute}: {strategy.num_replicas_in_sync} replicas, global batch {options.batch_size}")
+    with distribute.scope(strategy):
+        history, serving = _phases(keras, nets, arrays, options, log, clock, checkpoint)
+    if strategy is not None:
+        log(f"final weights fingerprint {distribute.fingerprint(serving)}")  # the same on every worker
     write_history(run_dir / "history.csv", history)
     save_keras(serving, run_dir / "best.keras")
     temperature, points, p_cal, val_auc = calibrate(serving, arrays, run_dir, options)
@@ -166,8 +182,11 @@ def _phases(keras, nets, arrays, options: TrainOptions, log, clock, checkpoint: 
     return history, nets.synced()
 
 
-def resume(run_dir, log=print) -> RunResult:
+def resume(run_dir, log=print, distribute_as: str | None = None) -> RunResult:
     """Continue a stopped run from its last finished epoch, with the data and options it was started with.
+
+    distribute_as, when given, replaces the run's own options.distribute
+    (a run started on one machine may go on across several, and back).
 
     Example: resume("runs/multi")
     """
@@ -178,5 +197,7 @@ def resume(run_dir, log=print) -> RunResult:
     if Checkpoint(run_dir).state() is None:
         raise RunError(f"{run_dir}: no checkpoint to resume from (the run stopped before its first phase ended); "
                        "start it again")
-    return train(config["data_paths"], run_dir, TrainOptions.from_dict(config["options"]), log=log,
+    options = TrainOptions.from_dict(config["options"])
+    options = replace(options, distribute=distribute_as) if distribute_as else options
+    return train(config["data_paths"], run_dir, options, log=log,
                  command=config.get("command"), resume=True)
