@@ -40,7 +40,8 @@ def main() -> None:
         resume(args.run_dir, log=log, distribute_as=args.distribute)
         return
     options = TrainOptions.for_smoke_test(model=ModelOptions(image_size=64, alpha=0.35, weights=args.weights),
-                                          head_epochs=2, fine_tune_epochs=2, distribute=args.distribute)
+                                          head_epochs=1, head_copies=1, fine_tune_epochs=2,
+                                          distribute=args.distribute)
     train(args.data, args.run_dir, options, log=log)
 
 

@@ -46,6 +46,7 @@ def make_strategy(name: str):
     import tensorflow as tf
 
     if name == "multi-worker":
+        _mean_scalars_across_workers()
         return tf.distribute.MultiWorkerMirroredStrategy()
     devices = [d.name for d in tf.config.list_logical_devices("GPU")]
     return tf.distribute.MirroredStrategy(devices or [d.name for d in tf.config.list_logical_devices("CPU")])
@@ -125,3 +126,51 @@ def fingerprint(model) -> str:
     for w in model.get_weights():
         digest.update(np.ascontiguousarray(w).tobytes())
     return digest.hexdigest()[:16]
+
+
+def build_for_fit(model, targets, distribute_as: str) -> None:
+    """Build a just-compiled model for fit() here, under multi-worker; elsewhere leave it to fit().
+
+    Keras 3.15's fit() first reduces one whole (x, y, weights) batch across
+    the replicas to learn its shapes, and MultiWorkerMirroredStrategy cannot
+    reduce a nest ("Attempt to convert a value (PerReplica...) to a Tensor").
+    So the model, its metrics, losses and optimizer are built here from one
+    local example, and fit() takes the strategy from the enclosing scope
+    instead of the model's own record of it, which skips that reduction.
+    """
+    if distribute_as != "multi-worker":
+        return
+    y, w = targets  # arrays.targets(): the structure fit() will see, for one image
+    x = np.zeros((1,) + tuple(model.input.shape[1:]), dtype=np.float32)
+    model._symbolic_build(data_batch=(x, y, w))
+    model._distribute_strategy = None
+
+
+def _mean_scalars_across_workers() -> None:
+    """Let Keras 3.15's fit() report its losses under MultiWorkerMirroredStrategy.
+
+    fit() averages each step's logs over the replicas with
+    strategy.reduce("MEAN", value, axis=0), which fails on the scalar losses
+    ("Invalid reduction dimension 0 for input with 0 dimensions";
+    tensorflow/tensorflow#72388). Scalars are averaged over the replicas
+    (axis=None) here instead; everything else goes to Keras as before.
+    """
+    from keras.src.backend.tensorflow import trainer
+
+    original = trainer.reduce_per_replica
+    if getattr(original, "edgeskin_scalars", False):
+        return
+
+    def reduce_per_replica(values, strategy, reduction):
+        if reduction not in ("auto", "mean") or not trainer._collective_all_reduce_multi_worker(strategy):
+            return original(values, strategy, reduction)
+        import keras
+
+        def mean(v):
+            scalar = all(t.shape.rank == 0 for t in strategy.experimental_local_results(v))
+            return strategy.reduce("MEAN", v, axis=None) if scalar else original(v, strategy, reduction)
+
+        return keras.tree.map_structure(mean, values)
+
+    reduce_per_replica.edgeskin_scalars = True
+    trainer.reduce_per_replica = reduce_per_replica

@@ -138,6 +138,7 @@ def _compile(keras, model, learning_rate, options: TrainOptions, arrays: Arrays,
         losses.append(keras.losses.CategoricalCrossentropy(from_logits=True))
     model.compile(optimizer=keras.optimizers.Adam(learning_rate, clipnorm=options.clipnorm),
                   loss=losses if len(losses) > 1 else losses[0], loss_weights=weights if len(weights) > 1 else None)
+    distribute.build_for_fit(model, arrays.targets(slice(0, 1)), options.distribute)
 
 
 def _features(extractor, x, distribute_as: str = "none", batch_size: int = 64) -> np.ndarray:
