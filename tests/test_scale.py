@@ -115,11 +115,15 @@ def test_the_chief_is_named_by_tf_config(tmp_path, monkeypatch):
     # A non-chief worker writes into a temporary folder, with a copy of what a resume reads.
     run = tmp_path / "run"
     (run / "checkpoint").mkdir(parents=True)
-    for name in ("config.json", "splits.csv", "checkpoint/state.json"):
+    for name in ("config.json", "checkpoint/state.json"):
         (run / name).write_text("{}")
+    (run / "splits.csv").write_text("path,label,dx,group,split,source\r\n../data/a.jpg,benign,,a,train,x\r\n")
     monkeypatch.setenv("TF_CONFIG", json.dumps({"cluster": cluster, "task": {"type": "worker", "index": 1}}))
     with distribute.writable_folder(run, "multi-worker", resume=True) as folder:
         assert folder != run and (folder / "checkpoint" / "state.json").is_file()
+        # The copied manifest still names the same images, from its new folder.
+        path = (folder / "splits.csv").read_text().splitlines()[1].split(",")[0]
+        assert Path(os.path.abspath(folder / path)) == tmp_path / "data" / "a.jpg"
     assert not folder.exists()
     with distribute.writable_folder(run, "mirrored", resume=False) as folder:
         assert folder == run
@@ -187,3 +191,47 @@ def test_two_workers_train_one_network_and_the_chief_alone_writes(tiny_data, tin
     assert json.loads((tmp_path / "run0" / "config.json").read_text())["finished"]
     assert (tmp_path / "run0" / "model.keras").is_file() and (tmp_path / "run0" / "calibration.json").is_file()
     assert not (tmp_path / "run1").exists()
+
+
+def test_a_streamed_set_fits_the_gate_on_a_fixed_sample(monkeypatch):
+    samples = tuple(range(50))  # gate_samples only picks; any items do
+    monkeypatch.setattr(streaming, "GATE_SAMPLE", 20)
+    options = TrainOptions(input="stream")
+    picked = streaming.gate_samples(samples, options)
+    assert len(picked) == 20 and list(picked) == sorted(set(picked)) and picked == streaming.gate_samples(samples, options)
+    assert streaming.gate_samples(samples, replace(options, input="memory")) == samples
+
+
+@pytest.mark.slow
+def test_two_workers_resume_a_stopped_run(tiny_data, tiny_weights, tmp_path):
+    run = tmp_path / "run"
+    stopped = _worker(["none", tiny_data, run, tiny_weights, "--die-after-epoch", 1])
+    assert stopped.wait(timeout=400) == 3, stopped.communicate()[0][-3000:]
+    assert json.loads((run / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    ports = _free_ports(2)
+    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
+    # The run folder is shared, as on a cluster's shared storage: both workers read its checkpoint.
+    logs = _finish([_worker(["multi-worker", tiny_data, run, tiny_weights, "--resume"],
+                            {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": k}})})
+                    for k in range(2)])
+    assert all("resuming fine-tuning after epoch 1" in log for log in logs)
+    assert _fingerprint(logs[0]) == _fingerprint(logs[1])
+    config = json.loads((run / "config.json").read_text())
+    assert config["finished"] and config["options"]["distribute"] == "none"  # as started; resumed distributed
+    history = (run / "history.csv").read_text().splitlines()
+    assert [line.split(",")[:2] for line in history if line.startswith("fine_tune")] == [["fine_tune", "1"], ["fine_tune", "2"]]
+    assert not (run / "checkpoint").exists()
+
+
+def test_a_single_process_in_memory_run_keeps_its_keras_batches(both_paths):
+    """The shipped path is untouched: same PyDataset as before (its results were compared bit for bit, see docs/scale.md)."""
+    import keras
+
+    from edgeskin.training import phases
+
+    options, memory, disk = both_paths
+    batches = phases._batches(keras, memory, options)
+    assert isinstance(batches, keras.utils.PyDataset)
+    assert type(batches).__qualname__ == type(augmented_batches(keras, memory, options)).__qualname__
+    assert isinstance(phases._batches(keras, disk, options), streaming.StreamBatches)
+    assert streaming.input_mode(TrainOptions.for_multisource(), 13_000) == "memory"

@@ -89,10 +89,22 @@ def writable_folder(run_dir: Path, distribute: str, resume: bool):
     with tempfile.TemporaryDirectory(prefix="edgeskin-worker-") as tmp:
         tmp = Path(tmp)
         if resume:
-            for name in ("config.json", "splits.csv"):
-                shutil.copy2(run_dir / name, tmp / name)
+            shutil.copy2(run_dir / "config.json", tmp / "config.json")
+            _copy_manifest(run_dir / "splits.csv", tmp / "splits.csv")
             shutil.copytree(run_dir / CHECKPOINT_DIR, tmp / CHECKPOINT_DIR)
         yield tmp
+
+
+def _copy_manifest(source: Path, target: Path) -> None:
+    """Copy a manifest into another folder, its image paths made relative to the new one (as sets.write_manifest does)."""
+    import csv
+
+    with open(source, newline="", encoding="utf-8") as f:
+        rows = list(csv.reader(f))
+    for row in rows[1:]:
+        row[0] = os.path.relpath(os.path.abspath(os.path.join(source.parent, row[0])), os.path.abspath(target.parent))
+    with open(target, "w", newline="", encoding="utf-8") as f:
+        csv.writer(f).writerows(rows)
 
 
 def scope(strategy):

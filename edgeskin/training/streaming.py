@@ -34,6 +34,7 @@ from edgeskin.training.options import TrainOptions
 # 16 GB machine; above it (the 80,000-image archive at 160 px: 6.1 GB) the
 # set would not fit beside them.
 AUTO_MEMORY_BYTES = 4 * 2**30
+GATE_SAMPLE = 4000  # training images the gate is fitted on when the set is streamed (gate_samples)
 FEATURE_CHUNK = 512  # images per backbone pass in augmented_features: a multiple of its batch size 64
 
 
@@ -74,6 +75,20 @@ def training_images(samples, options: TrainOptions):
     if input_mode(options, len(samples)) == "stream":
         return DiskImages(samples, options.fit_size, options.augmentation)
     return augment.harmonize(sets.load_images(samples, options.fit_size), options.augmentation)
+
+
+def gate_samples(samples, options: TrainOptions) -> tuple:
+    """The training images the input gate is fitted on: all of them, or a seeded GATE_SAMPLE of a streamed set.
+
+    The gate (training/gate.py) decodes its images at once, twice (as stored
+    and at q75); its quantiles, and the mean and covariance of its 28 colour
+    and texture features, are estimated closely from a few thousand images.
+    """
+    samples = tuple(samples)
+    if input_mode(options, len(samples)) == "memory" or len(samples) <= GATE_SAMPLE:
+        return samples
+    keep = np.sort(np.random.default_rng((options.seed, 17)).choice(len(samples), GATE_SAMPLE, replace=False))
+    return tuple(samples[i] for i in keep)
 
 
 def augmented_features(features, images, rng: np.random.Generator, augmentation, copies: int) -> np.ndarray:

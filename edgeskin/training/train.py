@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgeskin import __version__
 from edgeskin.data import sets, splits
-from edgeskin.training import distribute
+from edgeskin.training import distribute, streaming
 from edgeskin.training.arrays import load_arrays
 from edgeskin.training.options import RunResult, TrainOptions
 from edgeskin.training.checkpoint import Checkpoint
@@ -46,11 +46,13 @@ def _start_run(source, run_dir: Path, dataset: sets.Dataset, options: TrainOptio
 
 def _resumed_run(run_dir: Path, dataset: sets.Dataset) -> dict:
     """The config of the stopped run, once its splits are shown to be the ones just drawn again."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        sets.write_manifest(Path(tmp) / "splits.csv", {"train": dataset.train, "val": dataset.val})
-        same = (Path(tmp) / "splits.csv").read_bytes() == (run_dir / "splits.csv").read_bytes()
+    # Written beside the original: a manifest's image paths are relative to its own folder.
+    check = run_dir / "splits.check.csv"
+    try:
+        sets.write_manifest(check, {"train": dataset.train, "val": dataset.val})
+        same = check.read_bytes() == (run_dir / "splits.csv").read_bytes()
+    finally:
+        check.unlink(missing_ok=True)
     if not same:
         raise RunError(f"{run_dir}: the data no longer splits as it did when the run started; start it again")
     return read_config(run_dir)
@@ -73,7 +75,8 @@ def _fit_gate(dataset: sets.Dataset, run_dir: Path, options: TrainOptions, log) 
     """The input-quality and domain gate, fitted on this run's images and saved with it (see gate.py)."""
     from edgeskin.training import gate as gate_fit
 
-    gate, rates = gate_fit.fit_on_splits(dataset.train, dataset.val, options.model.image_size)
+    train_samples = streaming.gate_samples(dataset.train, options)  # all, unless the set is streamed
+    gate, rates = gate_fit.fit_on_splits(train_samples, dataset.val, options.model.image_size)
     log(f"gate: {rates['calibration_pass_rate']:.1%} of the calibration pool passes")
     write_json(run_dir / GATE_FILE, {**gate.to_dict(), "checks": {**rates, "fitted": "at training time"}})
 
