@@ -113,7 +113,8 @@ def train(data, out, resume_dir, overwrite, **flags):
     for point in result.operating_points.values():
         click.echo(f"  {point.name:<10} threshold {point.threshold:.4f}  "
                    f"sensitivity {point.sensitivity:.3f}  specificity {point.specificity:.3f}")
-    click.echo(f"run saved to {result.run_dir}")
+    # A multi-worker run's other workers write nothing: the chief's --out holds the run.
+    click.echo(f"run saved to {result.run_dir}" if result.run_dir.is_dir() else "run saved by the chief worker, not here")
 
 
 def _train_options(seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,

@@ -63,7 +63,7 @@ def one(args) -> dict:
     batches = phases._batches(keras, arrays, options)
     fit_input = batches.fit_arguments(1) if hasattr(batches, "fit_arguments") else {"x": batches}
     times = []
-    stamp = keras.callbacks.LambdaCallback(on_train_batch_end=lambda *_: times.append(time.time()))
+    stamp = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: times.append(time.time()))
     nets.net.fit(**{**fit_input, "steps_per_epoch": args.steps}, epochs=1, callbacks=[stamp], verbose=0)
     rate = (len(times) - WARM_UP) * args.batch_size / (times[-1] - times[WARM_UP - 1])
     return {"mode": args.mode, "images": args.n, "peak_rss_mb": round(_peak_mb(), 1),

@@ -235,3 +235,16 @@ def test_a_single_process_in_memory_run_keeps_its_keras_batches(both_paths):
     assert type(batches).__qualname__ == type(augmented_batches(keras, memory, options)).__qualname__
     assert isinstance(phases._batches(keras, disk, options), streaming.StreamBatches)
     assert streaming.input_mode(TrainOptions.for_multisource(), 13_000) == "memory"
+
+
+def test_multi_worker_without_tf_config_is_a_one_line_error(class_folders, tmp_path, monkeypatch):
+    from click.testing import CliRunner
+
+    from edgeskin.cli import main
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    result = CliRunner().invoke(main, ["train", str(class_folders), "--out", str(tmp_path / "run"),
+                                       "--distribute", "multi-worker"])
+    assert result.exit_code != 0
+    assert "needs TF_CONFIG" in result.output and len(result.output.strip().splitlines()) == 1, result.output
+    assert not (tmp_path / "run").exists()
