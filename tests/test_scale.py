@@ -248,3 +248,12 @@ def test_multi_worker_without_tf_config_is_a_one_line_error(class_folders, tmp_p
     assert result.exit_code != 0
     assert "needs TF_CONFIG" in result.output and len(result.output.strip().splitlines()) == 1, result.output
     assert not (tmp_path / "run").exists()
+
+
+def test_a_global_batch_must_divide_among_the_replicas(both_paths):
+    from types import SimpleNamespace
+
+    options, memory, _ = both_paths
+    with pytest.raises(ValueError, match="must divide among 4 replicas"):
+        streaming.StreamBatches(memory, options, SimpleNamespace(num_replicas_in_sync=4))  # batch 6
+    assert len(streaming.StreamBatches(memory, options, SimpleNamespace(num_replicas_in_sync=3))) == len(memory.y_train) // 6

@@ -141,6 +141,9 @@ class StreamBatches:
     def __init__(self, arrays, options: TrainOptions, strategy=None):
         self.arrays, self.options, self.strategy, self.epoch = arrays, options, strategy, 0
         n, b = len(arrays.y_train), options.batch_size
+        if strategy is not None and b % strategy.num_replicas_in_sync:
+            raise ValueError(f"the batch size {b} is the global batch: it must divide among "
+                             f"{strategy.num_replicas_in_sync} replicas")
         self.steps = n // b if strategy is not None else -(-n // b)
         if self.steps < 1:
             raise ValueError(f"{n} training images make no full batch of {b}")
