@@ -37,8 +37,9 @@ def _arrays(folder, options):
 
 @pytest.fixture(params=["class folders", "manifest with diagnoses"])
 def both_paths(request, tmp_path):
-    # The manifest's diagnoses give the batches their second target and weight. A harmonizing re-encode and a training size below the files' own, so that every step of the
-    # per-image preprocessing is exercised; batch 6 leaves a short last batch.
+    # The manifest's diagnoses give the batches their second target and weight. A harmonizing
+    # re-encode and a training size below the files' own exercise every step of the per-image
+    # preprocessing; batch 6 leaves a short last batch.
     options = TrainOptions.for_smoke_test(batch_size=6, train_image_size=48,
                                           augmentation=augment.AugmentOptions(harmonize_quality=90))
     data = (write_class_folders(tmp_path / "set", 12) if request.param == "class folders"

@@ -176,7 +176,8 @@ class StreamBatches:
             return (x, y, w) if not d else (x, *y, *w)
 
         size = self.options.fit_size
-        shapes = [(None, size, size, 3), (None,), (None,)] if not d else [(None, size, size, 3), (None,), (None, d), (None,), (None,)]
+        shapes = [(None, size, size, 3), (None,), (None,)]  # x, y, w; or x, y, dx, w, dx's w
+        shapes = shapes if not d else shapes[:2] + [(None, d), (None,), (None,)]
 
         def loaded(k):
             out = tf.numpy_function(load, [k], [tf.float32] * len(shapes), stateful=False)
