@@ -8,6 +8,7 @@ A run folder holds everything a run produced:
   model.keras       the calibrated serving model ([benign, malignant] out)
   calibration.json  temperature, operating points and validation figures
   gate.json         the input-quality and domain gate fitted on the run's images
+  domain.npz        the in-model gate (a third output at export) fitted on the network's features
   audit/            the shortcut audit of the training images
   evaluation/       metrics and figures on the calibration pool
 
@@ -25,7 +26,8 @@ from pathlib import Path
 from edgeskin.training.checkpoint import CHECKPOINT_DIR
 
 
-RUN_FILES = ("config.json", "splits.csv", "history.csv", "best.keras", "model.keras", "calibration.json", "gate.json")
+RUN_FILES = ("config.json", "splits.csv", "history.csv", "best.keras", "model.keras", "calibration.json", "gate.json",
+             "domain.npz")
 
 
 AUDIT_DIR = "audit"

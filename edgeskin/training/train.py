@@ -77,6 +77,16 @@ def _fit_gate(dataset: sets.Dataset, run_dir: Path, options: TrainOptions, log) 
     write_json(run_dir / GATE_FILE, {**gate.to_dict(), "checks": {**rates, "fitted": "at training time"}})
 
 
+def _fit_domain_head(serving, dataset: sets.Dataset, arrays, run_dir: Path, log) -> None:
+    """The in-model gate (training/domain.py), fitted on the final network's features and saved with the run."""
+    from edgeskin.training import domain
+
+    head, rates = domain.fit_on_images(serving, dataset.train, arrays.x_cal)
+    head.save(run_dir / domain.DOMAIN_FILE)
+    log(f"in-model gate: {rates['components']} components, {rates['calibration_pass_rate']:.1%} of the calibration "
+        f"pool and {rates['training_pass_rate']:.1%} of {rates['training_images']} training images pass")
+
+
 class _Clock:
     """Minutes since the run started, across a resume: the log and the time budget both count them."""
 
@@ -140,6 +150,7 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
     temperature, points, p_cal, val_auc = calibrate(serving, arrays, run_dir, options)
     write_evaluation(run_dir, arrays.y_cal, p_cal, points, temperature)
     _fit_gate(dataset, run_dir, options, log)
+    _fit_domain_head(serving, dataset, arrays, run_dir, log)
     seconds = clock.elapsed()
     # Written last: a run folder is finished exactly when its config says so (run.load_run).
     write_json(run_dir / "config.json", {**config, "seconds": seconds, "finished": True})
