@@ -45,11 +45,13 @@ def _start_run(source, run_dir: Path, dataset: sets.Dataset, options: TrainOptio
 
 def _resumed_run(run_dir: Path, dataset: sets.Dataset) -> dict:
     """The config of the stopped run, once its splits are shown to be the ones just drawn again."""
-    import tempfile
-
-    with tempfile.TemporaryDirectory() as tmp:
-        sets.write_manifest(Path(tmp) / "splits.csv", {"train": dataset.train, "val": dataset.val})
-        same = (Path(tmp) / "splits.csv").read_bytes() == (run_dir / "splits.csv").read_bytes()
+    # Written beside the original, because the manifest's paths are relative to its own folder.
+    again = run_dir / "splits.csv.resumed"
+    try:
+        sets.write_manifest(again, {"train": dataset.train, "val": dataset.val})
+        same = again.read_bytes() == (run_dir / "splits.csv").read_bytes()
+    finally:
+        again.unlink(missing_ok=True)
     if not same:
         raise RunError(f"{run_dir}: the data no longer splits as it did when the run started; start it again")
     return read_config(run_dir)
@@ -83,8 +85,8 @@ def _fit_domain_head(serving, dataset: sets.Dataset, arrays, run_dir: Path, log)
 
     head, rates = domain.fit_on_images(serving, dataset.train, arrays.x_cal)
     head.save(run_dir / domain.DOMAIN_FILE)
-    log(f"in-model gate: {rates['components']} components, {rates['calibration_pass_rate']:.1%} of the calibration "
-        f"pool and {rates['training_pass_rate']:.1%} of {rates['training_images']} training images pass")
+    log(f"in-model gate: {rates['calibration_pass_rate']:.1%} of the calibration pool and "
+        f"{rates['training_pass_rate']:.1%} of {rates['training_images']} training images pass")
 
 
 class _Clock:
@@ -177,8 +179,13 @@ def _phases(keras, nets, arrays, options: TrainOptions, log, clock, checkpoint: 
     return history, nets.synced()
 
 
-def resume(run_dir, log=print) -> RunResult:
+def resume(run_dir, log=print, fine_tune_epochs: int | None = None, time_budget_minutes: float | None = None) -> RunResult:
     """Continue a stopped run from its last finished epoch, with the data and options it was started with.
+
+    fine_tune_epochs and time_budget_minutes, when given, replace the run's own:
+    a run that is slower than planned can be given a schedule that ends in
+    its time (the cosine decay then spans the new number of epochs from the
+    step it had reached). The change is recorded in the run's config.
 
     Example: resume("runs/multi")
     """
@@ -189,5 +196,11 @@ def resume(run_dir, log=print) -> RunResult:
     if Checkpoint(run_dir).state() is None:
         raise RunError(f"{run_dir}: no checkpoint to resume from (the run stopped before its first phase ended); "
                        "start it again")
-    return train(config["data_paths"], run_dir, TrainOptions.from_dict(config["options"]), log=log,
-                 command=config.get("command"), resume=True)
+    changes = {k: v for k, v in (("fine_tune_epochs", fine_tune_epochs), ("time_budget_minutes", time_budget_minutes))
+               if v is not None and v != config["options"][k]}
+    options = replace(TrainOptions.from_dict(config["options"]), **changes)
+    if changes:
+        log("resuming with " + ", ".join(f"{k} {config['options'][k]} -> {v}" for k, v in changes.items()))
+        write_json(run_dir / "config.json", {**config, "options": asdict(options),
+                                             "resumed_with": [*config.get("resumed_with", []), changes]})
+    return train(config["data_paths"], run_dir, options, log=log, command=config.get("command"), resume=True)
