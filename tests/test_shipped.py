@@ -108,6 +108,15 @@ def test_shipped_gate_sets_aside_what_is_not_dermoscopy():
     assert share >= 0.95, flagged
 
 
+def test_the_shipped_file_has_three_heads_and_a_batch_of_one():
+    from edgeskin.runtime import Classifier
+
+    clf = Classifier(MODELS / "edgeskin_int8.tflite")
+    assert clf.output_names() == ["probabilities", "diagnosis", "usable"]
+    # Strict clients (LiteRT.js) refuse an open batch dimension.
+    assert clf._interpreter.get_input_details()[0]["shape_signature"].tolist() == [1, 224, 224, 3]
+
+
 def test_the_shipped_models_own_output_sets_aside_what_is_not_dermoscopy():
     """The in-model gate alone, with no help from the pixel gate's quality checks: every client that reads
     the third head (MediaPipe, the web app, an Android app) gets this verdict."""
