@@ -105,7 +105,11 @@ def train(data, out, resume_dir, overwrite, **flags):
     if bool(data) == bool(resume_dir):
         raise click.UsageError("give DATA to start a run, or --resume RUN to continue one (not both)")
     if resume_dir:
-        result = resume(resume_dir, log=click.echo, distribute_as=flags["distribute"])
+        # Only a flag given on this command line changes the stopped run's schedule; the rest are its own.
+        given = {k: flags[k] for k in ("fine_tune_epochs", "time_budget")
+                 if click.get_current_context().get_parameter_source(k).name == "COMMANDLINE"}
+        result = resume(resume_dir, log=click.echo, fine_tune_epochs=given.get("fine_tune_epochs"),
+                        time_budget_minutes=given.get("time_budget"), distribute_as=flags["distribute"])
     else:
         command = "edgeskin " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
         result = run_training(data, out, _train_options(**flags), overwrite=overwrite, log=click.echo, command=command)
@@ -266,8 +270,10 @@ def predict(paths, model, threshold, operating_point, as_json, threads, tta, no_
               help="Sensitivity the screening operating point must reach on DATA.")
 @click.option("--folds", type=click.IntRange(2, 20), default=5, show_default=True, help="Folds of the cross-validated report.")
 @click.option("--bootstrap", type=click.IntRange(100, 100000), default=1000, show_default=True)
+@click.option("--refit-gate", is_flag=True,
+              help="Also move the in-model gate's threshold so that 99.5% of DATA passes, for a site whose images it flags.")
 @friendly
-def calibrate(model, data, out, target_sensitivity, folds, bootstrap):
+def calibrate(model, data, out, target_sensitivity, folds, bootstrap, refit_gate):
     """Calibrate MODEL for a site on its own labelled images, without TensorFlow.
 
     Fits a Platt map on the model's outputs over DATA (any layout `train`
@@ -284,7 +290,7 @@ def calibrate(model, data, out, target_sensitivity, folds, bootstrap):
         with click.progressbar(items, length=n, label="scoring", file=sys.stderr) as bar:
             yield from bar
 
-    options = SiteOptions(target_sensitivity=target_sensitivity, folds=folds, n_boot=bootstrap)
+    options = SiteOptions(target_sensitivity=target_sensitivity, folds=folds, n_boot=bootstrap, refit_gate=refit_gate)
     result = run_calibration(model, data, out, options, progress)
     click.echo(summary(result))
     click.echo(f"wrote {result.path}, {result.path.with_suffix('.json')} and its model card")

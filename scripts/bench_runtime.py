@@ -10,6 +10,10 @@ model's alone), through the same interpreter:
 It prints a table and the ratio of our int8 latency to the reference's.
 
     python scripts/bench_runtime.py [--images ../shared/data/isic-binary/test] [--runs 200]
+    python scripts/bench_runtime.py --extra "int8 without usable head" runs/multi-v2-s42/no_usable_int8.tflite
+
+--extra adds a model to the table and prints the shipped int8 model's latency
+over it (for example, the cost of the in-model gate's third output).
 """
 
 from __future__ import annotations
@@ -100,6 +104,8 @@ def main(argv=None) -> int:
     parser.add_argument("--runs", type=int, default=200)
     parser.add_argument("--limit", type=int, default=300, help="images for the throughput run")
     parser.add_argument("--one", nargs=2, metavar=("NAME", "MODEL"), help=argparse.SUPPRESS)
+    parser.add_argument("--extra", nargs=2, action="append", default=[], metavar=("NAME", "MODEL"),
+                        help="Another model to measure beside the defaults.")
     args = parser.parse_args(argv)
 
     from edgeskin.runtime.imageio import find_images
@@ -110,7 +116,7 @@ def main(argv=None) -> int:
         return 0
 
     results = []
-    for name, model in DEFAULTS.items():
+    for name, model in [*DEFAULTS.items(), *((n, Path(m)) for n, m in args.extra)]:
         if not model.is_file():
             print(f"skip {name}: {model} not found", file=sys.stderr)
             continue
@@ -137,6 +143,11 @@ def main(argv=None) -> int:
             print(f"ratio edgeskin int8 / reference int8, p50 latency at {t} thread(s): {ratio:.3f}")
         size = by["edgeskin int8"]["size_mb"] / by["reference int8"]["size_mb"]
         print(f"ratio edgeskin int8 / reference int8, file size: {size:.3f}")
+    for name, _ in args.extra:
+        if "edgeskin int8" in by and name in by:
+            for t in (1, 2):
+                ratio = by["edgeskin int8"][f"latency_{t}t"]["p50_ms"] / by[name][f"latency_{t}t"]["p50_ms"]
+                print(f"ratio edgeskin int8 / {name}, p50 latency at {t} thread(s): {ratio:.3f}")
     return 0
 
 

@@ -59,7 +59,7 @@ def main(argv=None) -> int:
 
 
 def _compare_one(mp, classifier, ours, path) -> float:
-    """The largest difference between MediaPipe and edgeskin on one image, both heads; printed."""
+    """The largest difference between MediaPipe and edgeskin on one image, every head (probabilities, diagnosis, usable); printed."""
     from edgeskin.runtime.imageio import load_rgb
 
     pixels = load_rgb(path, ours.image_size)
@@ -70,10 +70,13 @@ def _compare_one(mp, classifier, ours, path) -> float:
     primary = heads.get("probabilities", result.classifications[0])
     categories = {c.category_name: c.score for c in primary.categories}
     ref, dx = ours.scores(pixels)
+    raw = ours.raw_heads(pixels)
     worst = 0.0
     if dx is not None:
         # edgeskin renormalises the int8 steps to sum to 1; MediaPipe reports the raw outputs.
-        worst = _diagnosis_difference(heads, ours, ours.raw_outputs(pixels)[1], path)
+        worst = _diagnosis_difference(heads, ours, raw["diagnosis"], path)
+    if raw["out_of_domain"] is not None:
+        worst = max(worst, _usable_difference(heads, raw["out_of_domain"], path))
     if "malignant" not in categories:
         # MediaPipe drops a category whose score is exactly 0, whatever
         # the threshold; that is only a match if edgeskin also says 0.
@@ -93,6 +96,18 @@ def _diagnosis_difference(heads: dict, ours, dx, path) -> float:
     diff = max(abs(theirs.get(name, 0.0) - float(p)) for name, p in zip(ours.diagnoses, dx))
     top = max(theirs, key=theirs.get) if theirs else "none"
     print(f"{path}: mediapipe diagnosis head top {top}, largest |diff| {diff:.6f}")
+    return diff
+
+
+def _usable_difference(heads: dict, out_of_domain: float, path) -> float:
+    """Difference between MediaPipe's third head, usable, and edgeskin's out_of_domain probability."""
+    if "usable" not in heads:
+        print(f"{path}: mediapipe returned no 'usable' head (heads: {', '.join(heads)})")
+        return 1.0
+    theirs = {c.category_name: c.score for c in heads["usable"].categories}
+    diff = abs(theirs.get("out_of_domain", 0.0) - out_of_domain)  # a score of exactly 0 is left out: read it as 0
+    print(f"{path}: mediapipe usable head out_of_domain {theirs.get('out_of_domain', 0.0):.6f}  edgeskin "
+          f"{out_of_domain:.6f}  |diff| {diff:.6f}")
     return diff
 
 

@@ -30,6 +30,8 @@ rm -f models/edgeskin_float32.json   # the int8 file's JSON is the one apps read
 cp "$run/model.keras" models/edgeskin.keras
 mkdir -p models/training
 cp "$run/config.json" "$run/calibration.json" "$run/history.csv" models/training/
+# The gates fitted at training time travel with the record, so the export can be re-made from models/training.
+for f in gate.json domain.npz; do if [ -f "$run/$f" ]; then cp "$run/$f" models/training/; fi; done
 rm -rf models/training/audit
 if [ -d "$run/audit" ]; then
     mkdir -p models/training/audit

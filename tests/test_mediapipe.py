@@ -41,6 +41,8 @@ def test_mediapipe_reads_the_shipped_model():
 def test_mediapipe_reads_a_fresh_export(tiny_run):
     r = _check(tiny_run["tflite"], tiny_run["data"] / "test")
     assert r.returncode == 0, r.stdout + r.stderr
+    # The third head, the in-model gate, is listed and matches edgeskin's out_of_domain probability.
+    assert r.stdout.count("mediapipe usable head out_of_domain") == len(list((tiny_run["data"] / "test").rglob("*.jpg")))
 
 
 @pytest.mark.skipif(not SHARED_TEST.is_dir(), reason="../shared/data/isic-binary is not beside the project")

@@ -108,6 +108,29 @@ def test_shipped_gate_sets_aside_what_is_not_dermoscopy():
     assert share >= 0.95, flagged
 
 
+def test_the_shipped_file_has_three_heads_and_a_batch_of_one():
+    from edgeskin.runtime import Classifier
+
+    clf = Classifier(MODELS / "edgeskin_int8.tflite")
+    assert clf.output_names() == ["probabilities", "diagnosis", "usable"]
+    # Strict clients (LiteRT.js) refuse an open batch dimension.
+    assert clf._interpreter.get_input_details()[0]["shape_signature"].tolist() == [1, 224, 224, 3]
+
+
+def test_the_shipped_models_own_output_sets_aside_what_is_not_dermoscopy():
+    """The in-model gate alone, with no help from the pixel gate's quality checks: every client that reads
+    the third head (MediaPipe, the web app, an Android app) gets this verdict."""
+    from edgeskin.runtime import Classifier
+    from edgeskin.runtime.imageio import to_model_input
+
+    clf = Classifier(MODELS / "edgeskin_int8.tflite")
+    assert clf.has_usable_head
+    images = _off_domain_images()
+    p = {name: clf.raw_heads(to_model_input(im, clf.image_size))["out_of_domain"] for name, im in images.items()}
+    share = sum(v >= clf.usable_threshold for v in p.values()) / len(p)
+    assert share >= 0.95, p
+
+
 @pytest.mark.slow
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/isic-binary")
 def test_shipped_gate_lets_the_test_lesions_through():

@@ -1,22 +1,18 @@
-"""edgeskin.web without a browser: what the static site holds, how it is served, what it refuses;
-and scripts/web_batch1.py, which fixes a model's batch dimension for LiteRT.js."""
+"""edgeskin.web without a browser: what the static site holds, how it is served, what it refuses."""
 
 from __future__ import annotations
 
 import gzip
 import json
 import shutil
-import subprocess
-import sys
 import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 from PIL import Image
 
 from edgeskin import web
-from edgeskin.runtime import Classifier, default_model
+from edgeskin.runtime import default_model
 
 ROOT = Path(__file__).resolve().parents[1]
 NODE_MODULES = ROOT / "web" / "node_modules" / "@mediapipe" / "tasks-vision"
@@ -117,33 +113,3 @@ def test_gzip_weight_is_what_gzip_makes(site):
     one = site.folder / "app.js"
     assert web.weigh(site.folder)[1] == site.gzip_bytes
     assert len(gzip.compress(one.read_bytes(), 9, mtime=0)) < one.stat().st_size
-
-
-def batch1(model: Path, out: Path) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, str(ROOT / "scripts" / "web_batch1.py"), str(model), str(out)],
-                          capture_output=True, text=True, timeout=120)
-
-
-def test_batch1_copy_keeps_outputs_and_metadata(tmp_path):
-    """Only the signature changes: the same outputs on an image, the same metadata, the same length."""
-    from ai_edge_litert.interpreter import Interpreter
-
-    out = tmp_path / "b1.tflite"
-    run = batch1(default_model(), out)
-    assert run.returncode == 0, run.stderr
-    fixed = Interpreter(model_path=str(out))
-    assert fixed.get_input_details()[0]["shape_signature"].tolist() == [1, 224, 224, 3]
-    assert all(d["shape_signature"][0] == 1 for d in fixed.get_output_details())
-    assert out.stat().st_size == default_model().stat().st_size
-    pixels = np.asarray(Image.new("RGB", (224, 224), (190, 140, 120)), dtype=np.uint8)
-    a, b = Classifier(default_model()), Classifier(out)
-    assert a.info == b.info
-    assert a.raw_outputs(pixels)[0] == b.raw_outputs(pixels)[0]
-    assert np.array_equal(a.raw_outputs(pixels)[1], b.raw_outputs(pixels)[1])
-
-
-def test_batch1_refuses_a_non_model(tmp_path):
-    text = tmp_path / "x.tflite"
-    text.write_text("hello")
-    run = batch1(text, tmp_path / "o")
-    assert run.returncode == 1 and "not a TFLite model" in run.stderr

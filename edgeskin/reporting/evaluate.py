@@ -127,21 +127,29 @@ def _robustness(scorer: Scorer, samples, y, p, n_boot, progress) -> list[dict]:
 
 
 def _gate_inspector(scorer: Scorer):
-    """For a .tflite with a gate: a score(inspect=...) callback that records each image's reasons, and the record."""
-    if scorer.kind != "tflite" or not scorer.info.get("gate"):
-        return None, None
-    from edgeskin.runtime.gate import Gate
+    """For a .tflite with a gate: a score(inspect=...) callback that records each image's reasons, and the record.
 
-    gate, found = Gate.from_dict(scorer.info["gate"]), {}
+    The reasons are exactly what `edgeskin predict` gives: the pixel gate's
+    quality checks and, for a model with a usable head, that head's verdict
+    (one more invocation per image, on its own interpreter).
+    """
+    if scorer.kind != "tflite" or not (scorer.info.get("gate") or scorer.info.get("usable")):
+        return None, None
+    import threading
+
+    from edgeskin.runtime import Classifier
+
+    classifier, lock, found = Classifier(scorer.path), threading.Lock(), {}
 
     def inspect(sample, size, pixels):
-        found[sample.path] = gate.reasons(size, pixels)
+        with lock:  # the decoder calls from a thread pool; one interpreter is not thread-safe
+            found[sample.path] = list(classifier.reasons(size, pixels))
 
     return inspect, found
 
 
-def _gate_report(found: dict | None, samples, y, p, thresholds: dict, n_boot: int) -> dict | None:
-    """How many images the model's gate set aside, why, and the metrics on the rest (all images: `metrics`)."""
+def _gate_report(found: dict | None, samples, y, p, thresholds: dict, n_boot: int, full: bool = True) -> dict | None:
+    """How many images the model's gate set aside, why, and (full) the files and the metrics on the rest."""
     if found is None:
         return None
     from collections import Counter
@@ -149,10 +157,11 @@ def _gate_report(found: dict | None, samples, y, p, thresholds: dict, n_boot: in
     reasons = [found[s.path] for s in samples]
     keep = np.array([not r for r in reasons])
     out = {"images": len(samples), "set_aside": int((~keep).sum()), "share_set_aside": float((~keep).mean()),
-           "reasons": dict(Counter(r for rs in reasons for r in rs)),
-           "set_aside_files": [s.path for s, k in zip(samples, keep) if not k]}
-    if keep.any() and len(set(np.asarray(y)[keep])) == 2:
-        out["usable_metrics"] = metrics.report(np.asarray(y)[keep], np.asarray(p)[keep], thresholds, n_boot=n_boot)
+           "reasons": dict(Counter(r for rs in reasons for r in rs))}
+    if full:
+        out["set_aside_files"] = [s.path for s, k in zip(samples, keep) if not k]
+        if keep.any() and len(set(np.asarray(y)[keep])) == 2:
+            out["usable_metrics"] = metrics.report(np.asarray(y)[keep], np.asarray(p)[keep], thresholds, n_boot=n_boot)
     return out
 
 
@@ -177,7 +186,7 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
     trained_on = _trained_on(Path(run_dir)) if run_dir else ()
     chosen = [(name, *evaluation_set(src, trained_on)) for name, src in named_sources(source)]
     inspect, found = _gate_inspector(scorer)
-    sets = [_score_set(scorer, other, *c, progress, inspect if i == 0 else None) for i, c in enumerate(chosen)]
+    sets = [_score_set(scorer, other, *c, progress, inspect) for c in chosen]
     first, thresholds = sets[0], _thresholds(scorer, threshold)
     cmp = _compare(other, first, threshold, n_boot) if other is not None else None
     rows = _robustness(scorer, first.samples, first.y, first.scores.malignant, n_boot, progress) if robust else None
@@ -194,6 +203,8 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
         _add_sets(result, sets, scorer, other, m, cmp, threshold, n_boot, staging)
         if gate is not None:
             result["gate"] = metrics.json_safe(gate)
+            for st in sets:  # every set's share set aside, by reason
+                result["sets"][st.name]["gate"] = _gate_report(found, st.samples, st.y, None, {}, n_boot, full=False)
         _write_outputs(staging, out, first, result, scorer, _run_records(run))
     return result
 

@@ -148,6 +148,10 @@ def load_scorer(source) -> Scorer:
             return Scorer(source.name, source, "tflite", points, None, info, None, platt, diagnoses)
         return Scorer(source.name, source, "tflite", points, info.get("temperature"), info, None, diagnoses=diagnoses)
     run_dir = source if source.is_dir() else source.parent
+    if source.is_dir() and (source / "config.json").is_file():
+        from edgeskin.training.run import load_run
+
+        load_run(source)  # a stopped run is never scored as if it were finished
     keras_path = source if source.is_file() else source / "model.keras"
     if keras_path.suffix != ".keras":
         raise EvaluationError(f"{source}: expected a .tflite or .keras model, or a run folder")

@@ -28,6 +28,7 @@ from edgeskin.runtime import metadata
 from edgeskin.reporting.stats import bootstrap
 from edgeskin.runtime.imageio import ImageError, load_rgb
 from edgeskin.runtime import Classifier
+from edgeskin.runtime.gate import DOMAIN_PASS
 
 
 class SiteCalibrationError(ValueError):
@@ -41,6 +42,9 @@ class SiteOptions:
     seed: int = 0
     n_boot: int = 1000
     min_per_class: int = sets.MIN_PER_CLASS
+    # Also move the in-model gate's threshold so that the site's own images pass
+    # as the calibration pool did at export (a clinic whose images are all flagged).
+    refit_gate: bool = False
 
     def __post_init__(self):
         if not 0.5 <= self.target_sensitivity <= 1.0:
@@ -63,19 +67,32 @@ def _samples(source) -> list[sets.Sample]:
     return [s for name in sets.SPLITS for s in ds.split(name)]
 
 
-def raw_scores(classifier: Classifier, samples, progress=None) -> np.ndarray:
-    """The model's own malignant outputs (before any score calibration); every unreadable file is named."""
-    out, errors = [], []
+def raw_scores(classifier: Classifier, samples, progress=None) -> tuple[np.ndarray, np.ndarray | None]:
+    """The model's own malignant outputs (before any score calibration) and its out_of_domain
+    probabilities (None without a usable head); every unreadable file is named."""
+    out, ood, errors = [], [], []
     items = progress(samples, len(samples)) if progress else samples
     for s in items:
         try:
-            out.append(classifier.raw_score(load_rgb(s.path, classifier.image_size)))
+            heads = classifier.raw_heads(load_rgb(s.path, classifier.image_size))
         except ImageError as exc:
             errors.append(str(exc))
+            continue
+        out.append(heads["malignant"])
+        ood.append(heads["out_of_domain"])
     if errors:
         more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
         raise SiteCalibrationError(f"{len(errors)} unreadable image(s): {errors[0]}{more}")
-    return np.array(out, dtype=np.float64)
+    return np.array(out, dtype=np.float64), (np.array(ood, dtype=np.float64) if classifier.has_usable_head else None)
+
+
+def refit_gate(usable: dict, out_of_domain: np.ndarray) -> dict:
+    """The usable entry with its threshold moved so that DOMAIN_PASS of the site's images pass (never below 0.5)."""
+    threshold = float(min(max(0.5, np.quantile(out_of_domain, DOMAIN_PASS) + 1e-6), 1.0))
+    return {**usable, "threshold": threshold,
+            "site_refit": {"previous_threshold": usable["threshold"], "images": int(len(out_of_domain)),
+                           "pass_rate_before": float(np.mean(out_of_domain < usable["threshold"])),
+                           "pass_rate_after": float(np.mean(out_of_domain < threshold))}}
 
 
 def _folds(y: np.ndarray, k: int, seed: int) -> np.ndarray:
@@ -142,13 +159,17 @@ def calibrate(model, source, out, options: SiteOptions = SiteOptions(), progress
     samples = _samples(source)
     sets.check_classes(samples, f"{source}: site data", options.min_per_class)
     y = np.array([s.label for s in samples])
-    raw = raw_scores(classifier, samples, progress)
+    if options.refit_gate and not classifier.has_usable_head:
+        raise SiteCalibrationError(f"{model}: this model has no usable head, so there is no gate threshold to refit")
+    raw, out_of_domain = raw_scores(classifier, samples, progress)
     before = classifier.score_calibration.apply(raw) if classifier.score_calibration else raw
     p_cv, flagged_cv = cross_validate(raw, y, options)
     report = _report(y, before, classifier.operating_points, p_cv, flagged_cv, options)
     platt = calibration.fit_platt(raw, y)
     points = calibration.choose_operating_points(platt.apply(raw), y, options.target_sensitivity)
     info = _new_info(classifier.info, platt, points, source, y, report, options)
+    if options.refit_gate:
+        info["usable"] = refit_gate(info["usable"], out_of_domain)
     out.parent.mkdir(parents=True, exist_ok=True)
     _write(out, metadata.embed_for_apps(model.read_bytes(), info), info, y, before, p_cv)
     return SiteResult(out, info, report)
@@ -281,4 +302,9 @@ def summary(result: SiteResult) -> str:
                      f"specificity {ci(b['specificity']) if b else 'n/a'} -> {ci(after['specificity'])}")
     for name, point in result.info["operating_points"].items():
         lines.append(f"  new {name} threshold {point['threshold']:.4f}")
+    refit = result.info.get("usable", {}).get("site_refit")
+    if refit:
+        lines.append(f"  in-model gate: out_of_domain threshold {refit['previous_threshold']:.3f} -> "
+                     f"{result.info['usable']['threshold']:.3f}; site images passing {refit['pass_rate_before']:.1%} -> "
+                     f"{refit['pass_rate_after']:.1%}")
     return "\n".join(lines)

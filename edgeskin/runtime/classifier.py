@@ -162,7 +162,12 @@ class Classifier:
         self.image_size = int(shape[1])
         self.labels = list(self.info.get("labels", [BENIGN, MALIGNANT]))
         self.diagnoses = tuple(self.info.get("diagnoses", ()))
-        self._output, self._diagnosis = self._outputs(path)
+        heads = self._outputs(path)
+        self._output, self._diagnosis, self._usable = (heads.get(k) for k in (metadata.PROBABILITIES, metadata.DIAGNOSIS,
+                                                                              metadata.USABLE))
+        self._names = {o["index"]: name for name, o in heads.items()}
+        # The in-model gate's threshold on its out_of_domain probability (calibrate --refit-gate moves it).
+        self.usable_threshold = float(self.info.get("usable", {}).get("threshold", 0.5))
         n_out = int(np.prod(self._output["shape"]))
         if n_out not in (1, len(self.labels)) or (n_out > 1 and MALIGNANT not in self.labels):
             raise RuntimeModelError(f"{path}: output of {n_out} values does not match labels {self.labels}")
@@ -173,29 +178,34 @@ class Classifier:
         except ValueError as exc:
             raise RuntimeModelError(f"{path}: {exc}") from exc
 
-    def _outputs(self, path):
-        """The benign/malignant output and the diagnosis output (None without one).
+    def _outputs(self, path) -> dict:
+        """The output tensors by head name: probabilities, and diagnosis and usable where the model has them.
 
-        Told apart by size, not by position: converters order a model's
-        outputs as they please, and the metadata says which names exist.
+        A file that lists its heads (output_tensors, in the file's order, as
+        edgeskin's export writes them) is read by position; an older one by
+        size, since converters order a model's outputs as they please.
         """
         outputs = self._interpreter.get_output_details()
+        listed = self.info.get("output_tensors")
+        if listed and len(listed) == len(outputs):
+            return dict(zip(listed, outputs))
         if len(outputs) == 1 and not self.diagnoses:
-            return outputs[0], None
+            return {metadata.PROBABILITIES: outputs[0]}
         sizes = [int(np.prod(o["shape"])) for o in outputs]
         wanted = [len(self.labels), len(self.diagnoses)]
         if len(outputs) != 2 or sorted(sizes) != sorted(wanted) or wanted[0] == wanted[1]:
             raise RuntimeModelError(f"{path}: outputs of {sizes} values do not match labels {self.labels} "
                                     f"and diagnoses {list(self.diagnoses)}")
         first = sizes.index(wanted[0])
-        return outputs[first], outputs[1 - first]
+        return {metadata.PROBABILITIES: outputs[first], metadata.DIAGNOSIS: outputs[1 - first]}
 
     def output_names(self) -> list[str]:
         """The model's output tensors in the file's order, by the names the metadata gives them."""
-        names = {self._output["index"]: metadata.PROBABILITIES}
-        if self._diagnosis is not None:
-            names[self._diagnosis["index"]] = metadata.DIAGNOSIS
-        return [names[o["index"]] for o in self._interpreter.get_output_details()]
+        return [self._names[o["index"]] for o in self._interpreter.get_output_details()]
+
+    @property
+    def has_usable_head(self) -> bool:
+        return self._usable is not None
 
     # Thresholds -----------------------------------------------------------
     @property
@@ -239,8 +249,7 @@ class Classifier:
         else:
             name, im = "<image>", _as_rgb(image)
         pixels = to_model_input(im, self.image_size)
-        reasons = self.reasons(im.size, pixels) if gate else ()
-        p, dx = self.scores(pixels)
+        p, dx, reasons = self.judge(im.size, pixels, gate=gate)
         top = (() if reasons else self.top_diagnoses(dx)) if dx is not None else None
         return Prediction(name, p, self.threshold(threshold, operating_point), reasons, top)
 
@@ -257,19 +266,30 @@ class Classifier:
     def scores(self, pixels: np.ndarray, tta: bool = False) -> tuple[float, np.ndarray | None]:
         """The malignant probability and the diagnosis probabilities (None
         without a diagnosis head), both from the same invocations."""
+        return self._heads(pixels, tta)[:2]
+
+    def judge(self, original_size: tuple[int, int], pixels: np.ndarray, tta: bool = False, gate: bool = True):
+        """(malignant probability, diagnosis probabilities or None, reasons it cannot judge the image), one pass."""
+        p, dx, ood = self._heads(pixels, tta)
+        return p, dx, (self._reasons(original_size, pixels, ood) if gate else ())
+
+    def _heads(self, pixels: np.ndarray, tta: bool):
+        """Every head from the same invocations; the usable head from the image as it is (flips add nothing there)."""
         views = (pixels, pixels[:, ::-1], pixels[::-1], pixels[::-1, ::-1]) if tta else (pixels,)
-        malignant, diagnosis = [], []
+        malignant, diagnosis, ood = [], [], None
         for view in views:
             self._run(view)
             raw = float(self._read(self._output)[self._malignant])
             malignant.append(float(self.score_calibration.apply(raw)) if self.score_calibration else raw)
             if self._diagnosis is not None:
                 diagnosis.append(self._read(self._diagnosis))
+            if self._usable is not None and ood is None:
+                ood = float(self._read(self._usable)[1])
         if not diagnosis:
-            return float(np.mean(malignant)), None
+            return float(np.mean(malignant)), None, ood
         p = np.mean(diagnosis, axis=0)
         # int8 steps can leave the sum a step or two away from 1.
-        return float(np.mean(malignant)), p / p.sum() if p.sum() > 0 else p
+        return float(np.mean(malignant)), p / p.sum() if p.sum() > 0 else p, ood
 
     def top_diagnoses(self, probabilities: np.ndarray, k: int = TOP_DIAGNOSES) -> tuple[tuple[str, float], ...]:
         """The k most probable diagnoses as (dx, probability), most probable first."""
@@ -303,13 +323,31 @@ class Classifier:
 
     def raw_outputs(self, pixels: np.ndarray) -> tuple[float, np.ndarray | None]:
         """The raw malignant output and the diagnosis output (None without that head) of one invocation."""
+        heads = self.raw_heads(pixels)
+        return heads["malignant"], heads["diagnosis"]
+
+    def raw_heads(self, pixels: np.ndarray) -> dict:
+        """One invocation's raw malignant score (before the score calibration), diagnosis probabilities
+        and out_of_domain probability; None for a head the model does not have."""
         self._run(pixels)
-        dx = self._read(self._diagnosis) if self._diagnosis is not None else None
-        return float(self._read(self._output)[self._malignant]), dx
+        read = {"diagnosis": self._diagnosis, "out_of_domain": self._usable}
+        out = {k: (self._read(o) if o is not None else None) for k, o in read.items()}
+        if out["out_of_domain"] is not None:
+            out["out_of_domain"] = float(out["out_of_domain"][1])
+        return {"malignant": float(self._read(self._output)[self._malignant]), **out}
 
     def reasons(self, original_size: tuple[int, int], pixels: np.ndarray) -> tuple[str, ...]:
-        """Why the model's gate cannot judge this image; () when it can, or when the model has no gate."""
-        return tuple(self.gate.reasons(original_size, pixels)) if self.gate else ()
+        """Why this image cannot be judged; () when it can, or when the model has no gate."""
+        return self._reasons(original_size, pixels, self.raw_heads(pixels)["out_of_domain"] if self._usable else None)
+
+    def _reasons(self, original_size, pixels, out_of_domain: float | None) -> tuple[str, ...]:
+        """The pixel gate's quality checks, and out_of_domain from the model's own usable head when it has
+        one (else from the pixel gate's colour-and-texture distance, as older models do)."""
+        reasons = self.gate.reasons(original_size, pixels, domain=out_of_domain is None) if self.gate else []
+        if (out_of_domain is not None and out_of_domain >= self.usable_threshold and "too_small" not in reasons
+                and gate_lib.OUT_OF_DOMAIN not in reasons):
+            reasons = [*reasons, gate_lib.OUT_OF_DOMAIN]
+        return tuple(reasons)
 
     def predict(self, paths, threshold: float, workers: int | None = None, tta: bool = False, gate: bool = True,
                 diagnosis: bool = False):
@@ -330,8 +368,7 @@ class Classifier:
                 yield Failure(path, str(decoded))
                 continue
             size, pixels = decoded
-            reasons = self.reasons(size, pixels) if gate else ()
-            p, dx = self.scores(pixels, tta)
+            p, dx, reasons = self.judge(size, pixels, tta, gate)
             # No diagnosis for an image the model cannot judge: the key stays, empty.
             top = (() if reasons else self.top_diagnoses(dx)) if diagnosis else None
             yield Prediction(path, p, threshold, reasons, top)

@@ -135,8 +135,12 @@ class Gate:
         d = domain_features(pixels) - mean
         return float(np.sqrt(max(d @ precision @ d, 0.0)))
 
-    def reasons(self, original_size: tuple[int, int], pixels: np.ndarray) -> list[str]:
-        """Why this image cannot be judged; [] when it can. original_size is (width, height) before the crop."""
+    def reasons(self, original_size: tuple[int, int], pixels: np.ndarray, domain: bool = True) -> list[str]:
+        """Why this image cannot be judged; [] when it can. original_size is (width, height) before the crop.
+
+        domain=False leaves out the colour-and-texture distance: a model with
+        its own usable head judges the domain from what the network sees.
+        """
         w, h = original_size
         if min(w, h) < self.min_short_side:
             return ["too_small"]  # nothing else about a few pixels means anything
@@ -152,7 +156,7 @@ class Gate:
             out.append("underexposed")
         if s["sharpness"] < self.min_sharpness and "nearly_uniform" not in out:
             out.append("too_blurred")
-        if not out and self.distance(pixels) > self.max_distance:
+        if domain and not out and self.distance(pixels) > self.max_distance:
             out.append(OUT_OF_DOMAIN)
         return out
 

@@ -29,6 +29,8 @@ STANDARD_KEY = "TFLITE_METADATA"
 LABEL_FILE = "labels.txt"
 DIAGNOSIS_LABEL_FILE = "diagnosis_labels.txt"
 PROBABILITIES, DIAGNOSIS = "probabilities", "diagnosis"  # output tensor names, as MediaPipe reports its heads
+USABLE = "usable"  # the in-model gate's output: [usable, out_of_domain]
+USABLE_LABEL_FILE = "usable_labels.txt"
 INFO_FILE = "edgeskin.json"
 CALIBRATION_FILE = "score_calibration.txt"
 AUTHOR = "edgeskin developers"
@@ -141,7 +143,23 @@ def validate(info) -> dict:
     default = info.get("default_operating_point", "screening")
     if not isinstance(default, str) or (points and default not in points):
         raise MetadataError("edgeskin metadata: 'default_operating_point' names no operating point")
+    _validate_usable(info.get("usable"))
     return info
+
+
+def _threshold_ok(t) -> bool:
+    import math
+
+    return not isinstance(t, bool) and isinstance(t, (int, float)) and math.isfinite(t) and 0.0 <= t <= 1.0
+
+
+def _validate_usable(usable) -> None:
+    """The in-model gate's entry: its two labels and a threshold on the out_of_domain probability."""
+    if usable is None:
+        return
+    if not (isinstance(usable, dict) and usable.get("labels") == ["usable", "out_of_domain"]
+            and _threshold_ok(usable.get("threshold"))):
+        raise MetadataError("edgeskin metadata: 'usable' needs the labels usable, out_of_domain and a threshold in [0, 1]")
 
 
 def read(model: bytes) -> dict:
@@ -208,7 +226,7 @@ def standard_metadata(info: dict) -> bytes:
     from edgeskin.runtime._vendor import metadata_schema_py_generated as md
 
     image = _image_metadata(md, info)
-    outputs = {PROBABILITIES: _probabilities_metadata, DIAGNOSIS: _diagnosis_metadata}
+    outputs = {PROBABILITIES: _probabilities_metadata, DIAGNOSIS: _diagnosis_metadata, USABLE: _usable_metadata}
     subgraph = md.SubGraphMetadataT()
     subgraph.inputTensorMetadata = [image]
     # One entry per output tensor, in the file's own output order: readers
@@ -287,6 +305,16 @@ def _diagnosis_metadata(md, info: dict):
         DIAGNOSIS_LABEL_FILE, "Diagnosis labels, one per line, in output order.")
 
 
+def _usable_metadata(md, info: dict):
+    """The third head: can the model judge this image at all? [usable, out_of_domain], no calibration."""
+    return _probability_tensor(
+        md, USABLE,
+        "Whether the model can judge this image, from its own features: probabilities of "
+        f"{', '.join(info['usable']['labels'])}. Out of domain (not a dermoscopic image of a skin lesion) when "
+        f"out_of_domain >= {info['usable']['threshold']:.2f}: show 'cannot judge this photo, retake it' instead of a result.",
+        USABLE_LABEL_FILE, "Usability labels, one per line, in output order.")
+
+
 def _probabilities_metadata(md, info: dict):
     """The primary head: [benign, malignant], its Platt map and its screening threshold."""
     point = info["operating_points"][info["default_operating_point"]]
@@ -337,6 +365,8 @@ def embed_for_apps(model: bytes, info: dict) -> bytes:
     files = {LABEL_FILE: "\n".join(info["labels"]) + "\n"}
     if info.get("diagnoses"):
         files[DIAGNOSIS_LABEL_FILE] = "\n".join(info["diagnoses"]) + "\n"
+    if info.get("usable"):
+        files[USABLE_LABEL_FILE] = "\n".join(info["usable"]["labels"]) + "\n"
     files[INFO_FILE] = text + "\n"
     if info.get("score_calibration"):
         files[CALIBRATION_FILE] = calibration_lines(info)

@@ -51,6 +51,9 @@ class Checkpoint:
         tmp.write_text(json.dumps(state, indent=1) + "\n")
         os.replace(tmp, self.dir / STATE_FILE)
 
+    def has(self, name: str) -> bool:
+        return (self.dir / f"{name}.npz").is_file()
+
     def weights(self, name: str = "last") -> list[np.ndarray]:
         return _load_arrays(self.dir / f"{name}.npz")
 

@@ -22,6 +22,7 @@ from edgeskin.runtime import calibration
 from edgeskin.data import sets
 from edgeskin.runtime import metadata
 from edgeskin.training import model as model_lib
+from edgeskin.training import domain as domain_lib
 from edgeskin.training import run as run_lib
 from edgeskin.training.arrays import calibration_pool
 from edgeskin.training.report import diagnosis_report
@@ -40,6 +41,8 @@ class ExportOptions:
     # Fit a Platt map on the exported model's own outputs and carry it as
     # standard score-calibration metadata (see calibration.Platt).
     platt: bool = True
+    # Add the in-model gate, a third output "usable" (training/domain.py).
+    usable_head: bool = True
 
     def __post_init__(self):
         if self.quantization not in ("int8", "float16", "float32"):
@@ -96,13 +99,14 @@ def _run_parts(source: Path):
     return model_lib.centre_diagnosis_logits(model_lib.load(keras_path)), run, splits
 
 
-def _primary_first(tflite: bytes) -> bytes:
-    """The model with the benign/malignant output listed first.
+def _outputs_in_model_order(tflite: bytes) -> bytes:
+    """The file's outputs listed as the Keras model lists them: probabilities, diagnosis, usable.
 
-    The converter lists outputs in no promised order (here it put the
-    diagnosis first); MediaPipe and most apps read head 0 as the model's
-    answer, so the decision must be output 0. Only the subgraph's list of
-    output tensors is reordered; the signature maps outputs by name.
+    The converter lists outputs in no promised order (it put the diagnosis
+    first); MediaPipe and most apps read head 0 as the model's answer, so the
+    decision must be output 0. The signature still names each output
+    (output_0, output_1, ...) in the model's order, so the subgraph's list of
+    output tensors is sorted by those names; nothing else changes.
     """
     import flatbuffers
 
@@ -111,8 +115,8 @@ def _primary_first(tflite: bytes) -> bytes:
     graph = obj.subgraphs[0]
     if len(graph.outputs) < 2:
         return tflite
-    size = {i: int(np.prod(graph.tensors[i].shape)) for i in graph.outputs}
-    graph.outputs = sorted(graph.outputs, key=lambda i: size[i] != len(sets.LABELS))
+    names = {t.tensorIndex: t.name.decode() for t in obj.signatureDefs[0].outputs}
+    graph.outputs = sorted(graph.outputs, key=lambda i: int(names[i].rsplit("_", 1)[1]))
     builder = flatbuffers.Builder(len(tflite) + 4096)
     builder.Finish(obj.Pack(builder), file_identifier=b"TFL3")
     return bytes(builder.Output())
@@ -124,7 +128,9 @@ def _convert(serving, options: ExportOptions, representative: np.ndarray) -> byt
     with tempfile.TemporaryDirectory() as tmp:
         # Through a SavedModel: converting concrete functions directly gave
         # broken int8 models with this TensorFlow.
-        serving.export(tmp, format="tf_saved_model", verbose=False)
+        # A batch of exactly one: strict clients (LiteRT.js) refuse an open batch dimension.
+        signature = [tf.TensorSpec([1, *serving.input_shape[1:]], tf.float32, name="image")]
+        serving.export(tmp, format="tf_saved_model", verbose=False, input_signature=signature)
         converter = tf.lite.TFLiteConverter.from_saved_model(tmp)
         if options.quantization == "int8":
             converter.optimizations = [tf.lite.Optimize.DEFAULT]
@@ -190,18 +196,16 @@ def _calibration_data(splits, run: dict, size: int):
     return sets.load_images(splits.val, size), np.array([s.label for s in splits.val])
 
 
-def _raw_scores(tflite: bytes, x: np.ndarray, diagnoses) -> tuple[np.ndarray, np.ndarray | None, list[str]]:
-    """The new file's own outputs, through the very runtime an app would use:
-    raw malignant scores, diagnosis probabilities (None without that head)
-    and the names of the file's output tensors in the file's own order."""
+def _raw_scores(tflite: bytes, x: np.ndarray, names: list[str], diagnoses) -> dict:
+    """The new file's own outputs, through the very runtime an app would use: "malignant" (raw
+    scores), and "diagnosis" and "out_of_domain" (probabilities) where the file has those heads."""
     with tempfile.TemporaryDirectory() as tmp:
         probe = Path(tmp) / "probe.tflite"
-        probe.write_bytes(metadata.embed_json(tflite, {"labels": list(sets.LABELS), "diagnoses": list(diagnoses)}))
+        probe.write_bytes(metadata.embed_json(tflite, {"labels": list(sets.LABELS), "diagnoses": list(diagnoses),
+                                                       "output_tensors": names}))
         classifier = Classifier(probe, num_threads=os.cpu_count())
-        raw = [classifier.raw_outputs(v) for v in x]
-        order = classifier.output_names()
-    dx = np.stack([d for _, d in raw]) if diagnoses else None
-    return np.array([r for r, _ in raw]), dx, order
+        heads = [classifier.raw_heads(v) for v in x]
+    return {key: np.array([h[key] for h in heads]) for key in heads[0] if heads[0][key] is not None}
 
 
 def _check(p_float, p_raw, y, options: ExportOptions):
@@ -247,6 +251,27 @@ def _gate(source: Path, splits, size: int, log) -> dict:
     return {**gate.to_dict(), "checks": {**rates, "fitted": "at export, from the run's splits.csv"}}
 
 
+def _domain_head(source: Path, serving, splits, x_pool, log):
+    """The run's in-model gate: saved by train, or fitted here the same way for older runs."""
+    from edgeskin.training import domain
+
+    run_dir = source if source.is_dir() else source.parent
+    saved = run_dir / domain.DOMAIN_FILE
+    if saved.is_file():
+        return domain.DomainHead.load(saved), "at training time"
+    log("fitting the in-model gate on the run's training images (the run predates it)")
+    head, _ = domain.fit_on_images(serving, splits.train, x_pool)
+    return head, "at export, from the run's splits.csv"
+
+
+def _usable_checks(p_ood: np.ndarray, qualities, fitted: str) -> dict:
+    """Pass rates of the exported usable head on the calibration pool, per JPEG quality."""
+    blocks = np.array_split(p_ood < 0.5, max(1, len(qualities)))
+    per_quality = {f"q{q}": float(b.mean()) for q, b in zip(qualities, blocks)} if qualities else {}
+    return {"calibration_pass_rate": float(np.mean(p_ood < 0.5)), "calibration_pass_rate_by_quality": per_quality,
+            "calibration_images": int(len(p_ood)), "fitted": fitted}
+
+
 def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> ExportResult:
     """Convert a run's calibrated model to out (.tflite) and check it on the calibration split."""
     source, out = Path(source), Path(out)
@@ -259,18 +284,26 @@ def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> 
     pick = rng.permutation(len(splits.train))[: options.representative_images]
     representative = sets.load_images([splits.train[i] for i in sorted(pick)], size)
     x_val, y_val = _calibration_data(splits, run, size)
-    log(f"converting to {options.quantization} ({len(representative)} representative training images)")
-    tflite = _primary_first(_convert(serving, options, representative))
-    outputs = serving.predict(x_val, batch_size=64, verbose=0)
-    p_float = np.asarray(outputs[0] if isinstance(outputs, list) else outputs)[:, 1].astype(np.float64)
     diagnoses = run["calibration"].get("diagnoses", [])
-    p_raw, dx, order = _raw_scores(tflite, x_val, diagnoses)
-    checks, points, platt = _check(p_float, p_raw, y_val, options)
-    if dx is not None:
-        checks.update(_diagnosis_checks(outputs[1], dx, splits, run, diagnoses))
+    names = [metadata.PROBABILITIES] + ([metadata.DIAGNOSIS] if diagnoses else [])
+    outputs = serving.predict(x_val, batch_size=64, verbose=0)
+    if options.usable_head:
+        head, fitted = _domain_head(source, serving, splits, x_val, log)
+        serving, names = domain_lib.attach(serving, head), names + [metadata.USABLE]
+    log(f"converting to {options.quantization} ({len(representative)} representative training images)")
+    tflite = _outputs_in_model_order(_convert(serving, options, representative))
+    p_float = np.asarray(outputs[0] if isinstance(outputs, list) else outputs)[:, 1].astype(np.float64)
+    heads = _raw_scores(tflite, x_val, names, diagnoses)
+    checks, points, platt = _check(p_float, heads["malignant"], y_val, options)
+    if "diagnosis" in heads:
+        checks.update(_diagnosis_checks(outputs[1], heads["diagnosis"], splits, run, diagnoses))
         checks["min_diagnosis_agreement"] = options.min_diagnosis_agreement
         checks["passed"] = checks["passed"] and checks["diagnosis_top1_agreement"] >= options.min_diagnosis_agreement
-    info = {**build_info(run, options, size, points, checks, platt, order), "gate": _gate(source, splits, size, log)}
+    info = {**build_info(run, options, size, points, checks, platt, names), "gate": _gate(source, splits, size, log)}
+    if "out_of_domain" in heads:
+        qualities = run["calibration"].get("calibration_qualities", [])
+        info["usable"] = {"labels": list(domain_lib.USABLE_LABELS), "threshold": 0.5,
+                          "checks": _usable_checks(heads["out_of_domain"], qualities, fitted)}
     final = metadata.embed_for_apps(tflite, info)
     # A failed model never replaces a good one: it is kept aside instead.
     target = out if checks["passed"] else out.with_name(out.stem + ".failed.tflite")

@@ -189,7 +189,7 @@ def fine_tune(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history:
         warmup_target=options.fine_tune_learning_rate, warmup_steps=len(batches))
     dx_weight = options.diagnosis_loss_weight if options.diagnosis_in_fine_tuning else 0.0
     _compile(keras, nets.net, schedule, options, arrays, weights=(1.0, dx_weight))
-    first, start = _resume_point(nets, checkpoint, head_best, batches, log)
+    first, start = _resume_point(nets, checkpoint, head_best, batches, options, log)
     deadline = clock.started + 60 * options.time_budget_minutes if options.time_budget_minutes else None
 
     def save(epoch, logs, watch):
@@ -216,16 +216,27 @@ def _batches(keras, arrays: Arrays, options: TrainOptions):
     return streaming.StreamBatches(arrays, options, tf.distribute.get_strategy() if options.distribute != "none" else None)
 
 
-def _resume_point(nets: Nets, checkpoint: Checkpoint, head_best: float, batches, log):
+def _resume_point(nets: Nets, checkpoint: Checkpoint, head_best: float, batches, options: TrainOptions, log):
     """The first epoch to run and the early-stopping state: fresh, or from the checkpoint."""
     state = checkpoint.state()
     if not state or state["phase"] != "fine_tune":
-        return 0, (head_best, nets.net.get_weights(), 0)
+        start = nets.net.get_weights()
+        # The heads' weights are the best so far until an epoch beats them: saved now, so a resume has them.
+        checkpoint.save({**(state or {}), "phase": "head", "best": head_best}, start, (), best_weights=start)
+        return 0, (head_best, start, 0)
     nets.net.set_weights(checkpoint.weights("last"))
     checkpoint.restore_optimizer(nets.net.optimizer, nets.net.trainable_variables)
     batches.start_at(state["epoch"])
-    log(f"resuming fine-tuning after epoch {state['epoch']} (best so far {state['best']:.4f})")
-    return state["epoch"], (state["best"], checkpoint.weights("best"), state["wait"])
+    if checkpoint.has("best"):
+        log(f"resuming fine-tuning after epoch {state['epoch']} (best so far {state['best']:.4f})")
+        return state["epoch"], (state["best"], checkpoint.weights("best"), state["wait"])
+    # A checkpoint from before the best weights were saved at the start: the best so far cannot be
+    # restored, so the last epoch's weights and score stand in for it (said in the log and the history).
+    last = state["history"][-1]
+    score = last["val_auc"] + (last.get("val_dx_balanced_accuracy", 0.0) if options.select_on == "auc+dx" else 0.0)
+    log(f"resuming fine-tuning after epoch {state['epoch']}: the checkpoint holds no best weights (best so far "
+        f"{state['best']:.4f}, lost); epoch {state['epoch']} ({score:.4f}) stands in for them")
+    return state["epoch"], (score, nets.net.get_weights(), 0)
 
 
 def refit_diagnosis(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history: History, log) -> None:

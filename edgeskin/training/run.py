@@ -8,6 +8,7 @@ A run folder holds everything a run produced:
   model.keras       the calibrated serving model ([benign, malignant] out)
   calibration.json  temperature, operating points and validation figures
   gate.json         the input-quality and domain gate fitted on the run's images
+  domain.npz        the in-model gate (a third output at export) fitted on the network's features
   audit/            the shortcut audit of the training images
   evaluation/       metrics and figures on the calibration pool
 
@@ -25,7 +26,8 @@ from pathlib import Path
 from edgeskin.training.checkpoint import CHECKPOINT_DIR
 
 
-RUN_FILES = ("config.json", "splits.csv", "history.csv", "best.keras", "model.keras", "calibration.json", "gate.json")
+RUN_FILES = ("config.json", "splits.csv", "history.csv", "best.keras", "model.keras", "calibration.json", "gate.json",
+             "domain.npz")
 
 
 AUDIT_DIR = "audit"
@@ -106,13 +108,13 @@ def is_finished(config: dict) -> bool:
 def load_run(run_dir) -> dict:
     """The calibration and config of a finished run folder, with a clear error if it is not one."""
     run_dir = Path(run_dir)
+    if (run_dir / "config.json").is_file() and not is_finished(read_config(run_dir)):
+        raise RunError(f"{run_dir}: this run did not finish (stopped or still running); "
+                       f"continue it with: edgeskin train --resume {run_dir}")
     missing = [n for n in ("config.json", "splits.csv", "model.keras", "calibration.json") if not (run_dir / n).is_file()]
     if missing:
         raise RunError(f"{run_dir}: not a finished run folder (missing {', '.join(missing)})")
     config = read_config(run_dir)
-    if not is_finished(config):
-        raise RunError(f"{run_dir}: this run did not finish (stopped or still running); "
-                       f"continue it with: edgeskin train --resume {run_dir}")
     return {"config": config, "calibration": _read_json(run_dir / "calibration.json")}
 
 

@@ -46,13 +46,13 @@ def _start_run(source, run_dir: Path, dataset: sets.Dataset, options: TrainOptio
 
 def _resumed_run(run_dir: Path, dataset: sets.Dataset) -> dict:
     """The config of the stopped run, once its splits are shown to be the ones just drawn again."""
-    # Written beside the original: a manifest's image paths are relative to its own folder.
-    check = run_dir / "splits.check.csv"
+    # Written beside the original, because the manifest's paths are relative to its own folder.
+    again = run_dir / "splits.csv.resumed"
     try:
-        sets.write_manifest(check, {"train": dataset.train, "val": dataset.val})
-        same = check.read_bytes() == (run_dir / "splits.csv").read_bytes()
+        sets.write_manifest(again, {"train": dataset.train, "val": dataset.val})
+        same = again.read_bytes() == (run_dir / "splits.csv").read_bytes()
     finally:
-        check.unlink(missing_ok=True)
+        again.unlink(missing_ok=True)
     if not same:
         raise RunError(f"{run_dir}: the data no longer splits as it did when the run started; start it again")
     return read_config(run_dir)
@@ -79,6 +79,16 @@ def _fit_gate(dataset: sets.Dataset, run_dir: Path, options: TrainOptions, log) 
     gate, rates = gate_fit.fit_on_splits(train_samples, dataset.val, options.model.image_size)
     log(f"gate: {rates['calibration_pass_rate']:.1%} of the calibration pool passes")
     write_json(run_dir / GATE_FILE, {**gate.to_dict(), "checks": {**rates, "fitted": "at training time"}})
+
+
+def _fit_domain_head(serving, dataset: sets.Dataset, arrays, run_dir: Path, log) -> None:
+    """The in-model gate (training/domain.py), fitted on the final network's features and saved with the run."""
+    from edgeskin.training import domain
+
+    head, rates = domain.fit_on_images(serving, dataset.train, arrays.x_cal)
+    head.save(run_dir / domain.DOMAIN_FILE)
+    log(f"in-model gate: {rates['calibration_pass_rate']:.1%} of the calibration pool and "
+        f"{rates['training_pass_rate']:.1%} of {rates['training_images']} training images pass")
 
 
 class _Clock:
@@ -159,6 +169,7 @@ def _train(source, run_dir: Path, options: TrainOptions, overwrite: bool, log, c
     temperature, points, p_cal, val_auc = calibrate(serving, arrays, run_dir, options)
     write_evaluation(run_dir, arrays.y_cal, p_cal, points, temperature)
     _fit_gate(dataset, run_dir, options, log)
+    _fit_domain_head(serving, dataset, arrays, run_dir, log)
     seconds = clock.elapsed()
     # Written last: a run folder is finished exactly when its config says so (run.load_run).
     write_json(run_dir / "config.json", {**config, "seconds": seconds, "finished": True})
@@ -185,9 +196,14 @@ def _phases(keras, nets, arrays, options: TrainOptions, log, clock, checkpoint: 
     return history, nets.synced()
 
 
-def resume(run_dir, log=print, distribute_as: str | None = None) -> RunResult:
+def resume(run_dir, log=print, fine_tune_epochs: int | None = None, time_budget_minutes: float | None = None,
+           distribute_as: str | None = None) -> RunResult:
     """Continue a stopped run from its last finished epoch, with the data and options it was started with.
 
+    fine_tune_epochs and time_budget_minutes, when given, replace the run's own:
+    a run that is slower than planned can be given a schedule that ends in
+    its time (the cosine decay then spans the new number of epochs from the
+    step it had reached). The change is recorded in the run's config.
     distribute_as, when given, replaces the run's own options.distribute
     (a run started on one machine may go on across several, and back).
 
@@ -200,7 +216,13 @@ def resume(run_dir, log=print, distribute_as: str | None = None) -> RunResult:
     if Checkpoint(run_dir).state() is None:
         raise RunError(f"{run_dir}: no checkpoint to resume from (the run stopped before its first phase ended); "
                        "start it again")
-    options = TrainOptions.from_dict(config["options"])
+    changes = {k: v for k, v in (("fine_tune_epochs", fine_tune_epochs), ("time_budget_minutes", time_budget_minutes))
+               if v is not None and v != config["options"][k]}
+    options = replace(TrainOptions.from_dict(config["options"]), **changes)
+    if changes:
+        log("resuming with " + ", ".join(f"{k} {config['options'][k]} -> {v}" for k, v in changes.items()))
+        if distribute.is_chief(distribute_as or options.distribute):  # only the chief writes the run folder
+            write_json(run_dir / "config.json", {**config, "options": asdict(options),
+                                                 "resumed_with": [*config.get("resumed_with", []), changes]})
     options = replace(options, distribute=distribute_as) if distribute_as else options
-    return train(config["data_paths"], run_dir, options, log=log,
-                 command=config.get("command"), resume=True)
+    return train(config["data_paths"], run_dir, options, log=log, command=config.get("command"), resume=True)
