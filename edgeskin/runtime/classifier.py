@@ -1,17 +1,14 @@
 """The on-device runtime: a .tflite model, an image, a malignant probability.
 
 This module is what a phone or an edge box runs, so it imports only numpy,
-Pillow and a TFLite interpreter: ai_edge_litert first, then the abandoned
-tflite_runtime, then TensorFlow's own interpreter as a last resort.
+Pillow and a TFLite interpreter: ai_edge_litert, or the abandoned
+tflite_runtime where only that is installed; never TensorFlow.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
-from collections import deque
-from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -19,8 +16,8 @@ import numpy as np
 from edgeskin.runtime import calibration, metadata
 from edgeskin.runtime import gate as gate_lib
 from edgeskin.runtime.imageio import ImageError, open_rgb, to_model_input
+from edgeskin.runtime.prediction import BENIGN, MALIGNANT, Failure, Prediction, as_rgb, decode_ahead
 
-MALIGNANT, BENIGN, UNUSABLE = "malignant", "benign", "unusable"
 DEFAULT_MODEL_NAME = "edgeskin_int8.tflite"
 TOP_DIAGNOSES = 3  # how many diagnoses predict --diagnosis lists
 
@@ -70,59 +67,6 @@ def default_model(name: str = DEFAULT_MODEL_NAME) -> Path:
         if (folder / name).is_file():
             return folder / name
     raise RuntimeModelError(f"no shipped model {name} found; pass --model FILE")
-
-
-@dataclass(frozen=True)
-class Prediction:
-    path: str
-    malignant_probability: float
-    threshold: float
-    reasons: tuple[str, ...] = ()  # why the gate could not judge the image; () when it could
-    # The most probable diagnoses, most probable first, as (dx, probability);
-    # None when they were not asked for.
-    diagnosis: tuple[tuple[str, float], ...] | None = None
-
-    @property
-    def usable(self) -> bool:
-        return not self.reasons
-
-    @property
-    def label(self) -> str:
-        if self.reasons:
-            return UNUSABLE
-        return MALIGNANT if self.malignant_probability >= self.threshold else BENIGN
-
-    def readable(self) -> str:
-        """One line for a person. An image the model cannot judge gets no probability and no diagnosis:
-        a number the tool does not stand behind (a screenshot scored 0.986) only alarms; the JSON keeps it."""
-        if not self.usable:
-            why = "; ".join(gate_lib.REASON_TEXT.get(r, r) for r in self.reasons)
-            return f"{self.path}: cannot judge this image ({why}): retake it"
-        line = f"{self.path}: {self.label} (malignant_probability {self.malignant_probability:.3f}, threshold {self.threshold:.3f})"
-        if self.diagnosis:
-            line += "; diagnosis " + ", ".join(f"{dx} {p:.2f}" for dx, p in self.diagnosis)
-        return line
-
-    def to_dict(self) -> dict:
-        out = {"path": self.path, "malignant_probability": round(self.malignant_probability, 6),
-               "threshold": self.threshold, "label": self.label, "usable": self.usable, "reasons": list(self.reasons)}
-        if self.diagnosis is not None:
-            out["diagnosis"] = [{"dx": dx, "probability": round(p, 6)} for dx, p in self.diagnosis]
-        return out
-
-
-@dataclass(frozen=True)
-class Failure:
-    path: str
-    error: str
-
-    def readable(self) -> str:
-        # The error names the file itself; say the path once.
-        error = self.error[len(self.path) + 2:] if self.error.startswith(self.path + ": ") else self.error
-        return f"{self.path}: error: {error}"
-
-    def to_dict(self) -> dict:
-        return {"path": self.path, "error": self.error}
 
 
 def _score_calibration(info: dict, path) -> "calibration.Platt | None":
@@ -247,7 +191,7 @@ class Classifier:
         if isinstance(image, (str, os.PathLike)):
             name, im = str(image), open_rgb(image)
         else:
-            name, im = "<image>", _as_rgb(image)
+            name, im = "<image>", as_rgb(image)
         pixels = to_model_input(im, self.image_size)
         p, dx, reasons = self.judge(im.size, pixels, gate=gate)
         top = (() if reasons else self.top_diagnoses(dx)) if dx is not None else None
@@ -363,7 +307,7 @@ class Classifier:
             raise RuntimeModelError(f"{self.path}: this model has no diagnosis head (it was trained without diagnoses)")
         paths = [str(p) for p in paths]
 
-        for path, decoded in _decoded(paths, self.image_size, workers or min(4, os.cpu_count() or 1)):
+        for path, decoded in decode_ahead(paths, self.image_size, workers or min(4, os.cpu_count() or 1)):
             if isinstance(decoded, ImageError):
                 yield Failure(path, str(decoded))
                 continue
@@ -372,44 +316,3 @@ class Classifier:
             # No diagnosis for an image the model cannot judge: the key stays, empty.
             top = (() if reasons else self.top_diagnoses(dx)) if diagnosis else None
             yield Prediction(path, p, threshold, reasons, top)
-
-
-def _decode(path: str, size: int):
-    try:
-        im = open_rgb(path)
-        return im.size, to_model_input(im, size)
-    except ImageError as exc:
-        return exc
-
-
-def _decoded(paths, size: int, workers: int):
-    """(path, (original size, pixels) or the ImageError), in order, decoded on a thread pool.
-
-    A bounded look-ahead: decoding stays ahead of inference without holding a
-    whole folder of pixels in memory.
-    """
-    with ThreadPoolExecutor(workers) as pool:
-        pending = deque()
-        todo = iter(paths)
-        for path in todo:
-            pending.append((path, pool.submit(_decode, path, size)))
-            if len(pending) > 2 * workers:
-                break
-        while pending:
-            path, future = pending.popleft()
-            nxt = next(todo, None)
-            if nxt is not None:
-                pending.append((nxt, pool.submit(_decode, nxt, size)))
-            yield path, future.result()
-
-
-def _as_rgb(image):
-    """A PIL image or an (h, w, 3) uint8 array as an RGB PIL image."""
-    from PIL import Image
-
-    if isinstance(image, Image.Image):
-        return image.convert("RGB")
-    a = np.asarray(image)
-    if a.ndim != 3 or a.shape[2] != 3 or a.dtype != np.uint8:
-        raise RuntimeModelError(f"expected an (height, width, 3) uint8 RGB array, got {a.dtype} {a.shape}")
-    return Image.fromarray(a, "RGB")

@@ -25,7 +25,7 @@ from edgeskin.training import model as model_lib
 from edgeskin.training import domain as domain_lib
 from edgeskin.training import run as run_lib
 from edgeskin.training.arrays import calibration_pool
-from edgeskin.training.report import diagnosis_report
+from edgeskin.training.report import diagnosis_prior_weight, diagnosis_report
 from edgeskin.runtime import Classifier
 
 
@@ -227,12 +227,31 @@ def _check(p_float, p_raw, y, options: ExportOptions):
     return checks, points, platt
 
 
+def _pool_dx_index(splits, run: dict, diagnoses) -> np.ndarray:
+    """The diagnosis index of every calibration pool image (-1 where it has none)."""
+    copies = max(1, len(run["calibration"].get("calibration_qualities", [])))
+    return np.array([diagnoses.index(s.dx) if s.dx in diagnoses else -1 for s in splits.val] * copies)
+
+
+def _diagnosis_prior(serving, outputs, splits, run: dict, diagnoses, log):
+    """Fold the training prior's chosen weight into the diagnosis logits (report.diagnosis_prior_weight)."""
+    counts = np.array([sum(1 for s in splits.train if s.dx == d) for d in diagnoses], dtype=np.float64)
+    log_prior = np.where(counts > 0, np.log(np.maximum(counts / max(counts.sum(), 1.0), 1e-12)), 0.0)
+    a, fit = diagnosis_prior_weight(outputs[1], _pool_dx_index(splits, run, diagnoses), log_prior)
+    log(f"diagnosis head: {a:.2f} x log(training prior) added to its logits (calibration pool balanced accuracy "
+        f"{fit['balanced_accuracy_without']:.3f} -> {fit['balanced_accuracy']:.3f})")
+    if a:
+        model_lib.shift_diagnosis_logits(serving, (a * log_prior).astype("float32"))
+        z = np.log(np.clip(outputs[1], 1e-12, None)) + a * log_prior
+        e = np.exp(z - z.max(axis=1, keepdims=True))
+        outputs = [outputs[0], e / e.sum(axis=1, keepdims=True)]
+    return outputs, {**fit, "log_prior": [float(v) for v in log_prior]}
+
+
 def _diagnosis_checks(dx_float, dx_new, splits, run: dict, diagnoses) -> dict:
     """How often the exported diagnosis head names the float model's top diagnosis,
     and its balanced accuracy on the calibration pool's images that have a diagnosis."""
-    copies = max(1, len(run["calibration"].get("calibration_qualities", [])))
-    index = np.array([diagnoses.index(s.dx) if s.dx in diagnoses else -1 for s in splits.val] * copies)
-    report = diagnosis_report(dx_new, index)
+    report = diagnosis_report(dx_new, _pool_dx_index(splits, run, diagnoses))
     return {"diagnosis_top1_agreement": float(np.mean(np.argmax(dx_float, 1) == np.argmax(dx_new, 1))),
             "diagnosis_balanced_accuracy": report["balanced_accuracy"],
             "diagnosis_top3_accuracy": report["top3_accuracy"]}
@@ -272,6 +291,12 @@ def _usable_checks(p_ood: np.ndarray, qualities, fitted: str) -> dict:
             "calibration_images": int(len(p_ood)), "fitted": fitted}
 
 
+def _representative(splits, size: int, options: ExportOptions) -> np.ndarray:
+    """The images the converter calibrates its int8 ranges on: a seeded draw from the training split."""
+    pick = np.random.default_rng(options.seed).permutation(len(splits.train))[: options.representative_images]
+    return sets.load_images([splits.train[i] for i in sorted(pick)], size)
+
+
 def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> ExportResult:
     """Convert a run's calibrated model to out (.tflite) and check it on the calibration split."""
     source, out = Path(source), Path(out)
@@ -280,13 +305,13 @@ def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> 
     out.parent.mkdir(parents=True, exist_ok=True)
     serving, run, splits = _run_parts(source)
     size = int(serving.input_shape[1])
-    rng = np.random.default_rng(options.seed)
-    pick = rng.permutation(len(splits.train))[: options.representative_images]
-    representative = sets.load_images([splits.train[i] for i in sorted(pick)], size)
+    representative = _representative(splits, size, options)
     x_val, y_val = _calibration_data(splits, run, size)
     diagnoses = run["calibration"].get("diagnoses", [])
     names = [metadata.PROBABILITIES] + ([metadata.DIAGNOSIS] if diagnoses else [])
-    outputs = serving.predict(x_val, batch_size=64, verbose=0)
+    outputs, prior = serving.predict(x_val, batch_size=64, verbose=0), None
+    if diagnoses:
+        outputs, prior = _diagnosis_prior(serving, outputs, splits, run, diagnoses, log)
     if options.usable_head:
         head, fitted = _domain_head(source, serving, splits, x_val, log)
         serving, names = domain_lib.attach(serving, head), names + [metadata.USABLE]
@@ -299,6 +324,7 @@ def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> 
         checks.update(_diagnosis_checks(outputs[1], heads["diagnosis"], splits, run, diagnoses))
         checks["min_diagnosis_agreement"] = options.min_diagnosis_agreement
         checks["passed"] = checks["passed"] and checks["diagnosis_top1_agreement"] >= options.min_diagnosis_agreement
+        checks["diagnosis_prior_weight"] = prior
     info = {**build_info(run, options, size, points, checks, platt, names), "gate": _gate(source, splits, size, log)}
     if "out_of_domain" in heads:
         qualities = run["calibration"].get("calibration_qualities", [])

@@ -242,6 +242,14 @@ def centre_diagnosis_logits(model):
     return model
 
 
+def shift_diagnosis_logits(model, shift: np.ndarray):
+    """Add a constant vector to the serving model's diagnosis logits (its bias); returns the model."""
+    layer = model.get_layer("diagnosis")
+    w, b = (np.asarray(v) for v in layer.get_weights())
+    layer.set_weights([w, (b + shift).astype(b.dtype)])
+    return model
+
+
 def load(path):
     """Load a Keras model file, with a one-line error for anything unreadable."""
     keras = _keras()

@@ -88,6 +88,11 @@ class TrainOptions:
             raise ValueError(f"fine_tune_from must be one of {', '.join(model_lib.FINE_TUNE_STARTS)}")
         if self.head_copies < 1:
             raise ValueError(f"head_copies must be at least 1, got {self.head_copies}")
+        self._check_recipe()
+        self._check_run()
+
+    def _check_recipe(self) -> None:
+        """The fine-tuning size and the diagnosis head's loss and selection."""
         if self.train_image_size is not None and not 32 <= self.train_image_size <= self.model.image_size:
             raise ValueError(f"train_image_size must lie in [32, {self.model.image_size}], got {self.train_image_size}")
         if self.diagnosis_loss not in ("weighted", "balanced_softmax"):
@@ -100,6 +105,9 @@ class TrainOptions:
             raise ValueError(f"select_on must be auc or auc+dx; got {self.select_on!r}")
         if self.diagnosis_weighting not in ("inverse", "sqrt", "none"):
             raise ValueError(f"diagnosis_weighting must be inverse, sqrt or none; got {self.diagnosis_weighting!r}")
+
+    def _check_run(self) -> None:
+        """Clipping, the time budget, calibration, near-duplicates, the input path and distribution."""
         if self.clipnorm is not None and not self.clipnorm > 0:
             raise ValueError(f"clipnorm must be positive, got {self.clipnorm}")
         if not self.diagnosis_loss_weight >= 0:
