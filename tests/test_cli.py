@@ -154,3 +154,18 @@ def test_explain_empty_folder_and_name_collisions(tiny_run, tmp_path):
     r = run("explain", tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg", "--model", model, "--out", tmp_path / "out")
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "out").glob("*_overlay.png")) == ["x_2_overlay.png", "x_overlay.png"]
+
+
+def test_a_too_small_calibration_split_says_which_val_fraction_would_work(tmp_path):
+    from conftest import write_class_folders
+    from edgeskin.data import sets, splits
+
+    data = write_class_folders(tmp_path / "set", 60)
+    msg = one_line_error(run("train", data, "--out", tmp_path / "run", "--weights", "none", "--image-size", 64,
+                             "--alpha", "0.35"))
+    assert "only 12 benign and 12 malignant" in msg
+    # 20 / 60 images, rounded up: the fraction it names does give 20 of each class.
+    assert "--val-fraction 0.34 would work" in msg and "40 more benign and 40 more malignant" in msg
+    val = splits.split_validation(sets.discover(data), 0.34, 42).val
+    assert min(sets.Dataset(data, train=val).counts()["train"].values()) >= sets.MIN_PER_CLASS
+    assert not (tmp_path / "run" / "model.keras").exists()
