@@ -42,7 +42,7 @@ def test_operating_points_hand_computed():
     # Positives score 0.9, 0.8, 0.7, 0.6, 0.3; negatives 0.5, 0.4, 0.2, 0.1, 0.05.
     p = np.array([0.9, 0.8, 0.7, 0.6, 0.3, 0.5, 0.4, 0.2, 0.1, 0.05])
     y = np.array([1, 1, 1, 1, 1, 0, 0, 0, 0, 0])
-    points = cal.choose_operating_points(p, y)
+    points = cal.cal.choose_operating_points(p, y)
     # Sensitivity >= 0.95 with five positives means all five: threshold 0.3,
     # which flags 0.5 and 0.4 too: specificity 3/5.
     assert points["screening"].threshold == 0.3
@@ -58,7 +58,7 @@ def test_operating_points_never_split_ties():
     # int8 outputs tie often; a threshold must treat equal scores equally.
     p = np.array([0.5, 0.5, 0.5, 0.25, 0.5, 0.25])
     y = np.array([1, 1, 1, 1, 0, 0])
-    points = cal.choose_operating_points(p, y)
+    points = cal.cal.choose_operating_points(p, y)
     for point in points.values():
         sens, spec = cal.rates(p, y, point.threshold)
         assert (sens, spec) == pytest.approx((point.sensitivity, point.specificity))
@@ -69,7 +69,7 @@ def test_screening_point_meets_its_sensitivity():
     rng = np.random.default_rng(1)
     y = rng.random(500) < 0.4
     p = np.clip(rng.normal(0.3 + 0.4 * y, 0.2), 0, 1)
-    point = cal.choose_operating_points(p, y)["screening"]
+    point = cal.cal.choose_operating_points(p, y)["screening"]
     assert cal.rates(p, y, point.threshold)[0] >= 0.95
     # ...and it is the highest threshold that does.
     higher = np.unique(p)[np.unique(p) > point.threshold][0]
@@ -159,3 +159,19 @@ def test_platt_fit_is_not_pulled_by_saturated_int8_scores():
     y2 = y.copy()
     y2[zeros[:2]] = 1  # two surprising cases among the saturated scores
     assert fit_platt(x, y2).slope > 0.8 * base.slope
+
+
+def test_coinciding_operating_points_are_explained():
+    from edgeskin.reporting.site import coinciding
+
+    # 9 benign at 0.1 and one at 0.7; 8 malignant at 0.6 and two at 0.8: at 0.6 sensitivity is 1 and
+    # specificity 0.9, so the screening, balanced (J = 0.9) and specific points all land there.
+    p = [0.1] * 9 + [0.7] + [0.6] * 8 + [0.8] * 2
+    y = [0] * 10 + [1] * 10
+    points = {k: v.to_dict() for k, v in cal.choose_operating_points(p, y).items()}
+    notes = coinciding(points)
+    assert len(notes) == 3 and notes[2].startswith("balanced and specific share the threshold 0.6000")
+    assert "best sensitivity + specificity is also the lowest threshold with specificity >= 0.90" in notes[2]
+    # Apart, nothing to explain.
+    apart = {k: v.to_dict() for k, v in cal.choose_operating_points(np.linspace(0, 1, 40), [0] * 20 + [1] * 20).items()}
+    assert len({v["threshold"] for v in apart.values()}) == 3 and coinciding(apart) == []
