@@ -57,8 +57,7 @@ def explain(images, model, out, opacity):
     if not paths:
         raise click.ClickException("no images found in " + ", ".join(images))
     net = model_lib.load(keras_path)
-    click.echo(f"scored by the float Keras model {keras_path}, not the int8 model `predict` runs: "
-               "its malignant_probability differs a little")
+    click.echo(f"scored by the float Keras model {keras_path}; the int8 model `predict` runs differs a little")
     failed, stems = 0, set()
     for path in paths:
         try:

@@ -154,6 +154,8 @@ def test_explain_empty_folder_and_name_collisions(tiny_run, tmp_path):
     r = run("explain", tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg", "--model", model, "--out", tmp_path / "out")
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "out").glob("*_overlay.png")) == ["x_2_overlay.png", "x_overlay.png"]
+    # It says which model gave the probability: the float one, not the int8 one predict runs.
+    assert "scored by the float Keras model" in r.output and "float model's malignant_probability" in r.output
 
 
 def test_a_too_small_calibration_split_says_which_val_fraction_would_work(tmp_path):

@@ -175,15 +175,13 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
     table costs one more pass over the primary set. metrics.json,
     predictions.csv, figures/ and MODEL_CARD.md are staged and moved into
     out only once all exist: a failure never leaves new figures beside an old card.
-    run_dir defaults to the run record beside the model file (default_run).
     """
     out = Path(out)
     if threshold is not None and not (np.isfinite(threshold) and 0.0 <= threshold <= 1.0):
         raise EvaluationError(f"threshold must be a number in [0, 1], got {threshold}")
-    run_dir = run_dir or default_run(model)
-    scorer, other, run, history = _models(model, compare, run_dir)
-    # Every set is read before any is scored: a bad last set fails in seconds. Only a run named with
-    # run_dir: the folder a Keras model sits in may be any folder, its splits not the model's.
+    scorer, other, run, history = _models(model, compare, run_dir := run_dir or default_run(model))
+    # Every set is read before any is scored: a bad last set fails in seconds. Only a run named with run_dir (or
+    # shipped beside the model): the folder a Keras model sits in may be any folder, its splits not the model's.
     trained_on = _trained_on(Path(run_dir)) if run_dir else ()
     chosen = [(name, *evaluation_set(src, trained_on)) for name, src in named_sources(source)]
     inspect, found = _gate_inspector(scorer)
