@@ -125,3 +125,42 @@ def test_centring_the_diagnosis_logits_changes_no_probability(tiny_dx_run):
     np.testing.assert_allclose(after[0], before[0], atol=1e-6)
     w2, b2 = serving.get_layer("diagnosis").get_weights()
     assert np.abs(w2.mean(axis=1)).max() < 1e-4 and abs(float(b2.mean())) < 1e-4
+
+
+# 32 held-out images with a diagnosis, 8 of each of the 4 the synthetic set uses. A head that ignores the picture
+# gets each right with probability at most 1/4 on average, so its count of right answers is at most about
+# Binomial(32, 1/4): P(>= 17 right) = 6e-4. 17/32 = 0.53 is also above the 0.5 that the blob's size alone
+# (benign vs malignant) could give, so passing means the head tells diagnoses apart within a class.
+DX_MIN_BALANCED_ACCURACY = 17 / 32
+
+
+def test_the_int8_diagnosis_head_beats_chance_on_held_out_images(tiny_dx_run):
+    from edgeskin.reporting.metrics import diagnosis_index, diagnosis_report
+
+    clf = Classifier(tiny_dx_run["tflite"])
+    held_out = [s for s in sets.discover(tiny_dx_run["manifest"]).test if s.dx]
+    assert len(held_out) == 32 and len({s.dx for s in held_out}) == 4
+    dx = np.stack([clf.scores(load_rgb(s.path, clf.image_size))[1] for s in held_out])
+    report = diagnosis_report(dx, diagnosis_index([s.dx for s in held_out], clf.diagnoses), clf.diagnoses, 200)
+    assert report["balanced_accuracy"]["value"] >= DX_MIN_BALANCED_ACCURACY, report["balanced_accuracy"]
+
+
+def test_the_export_checks_the_diagnosis_head(tiny_dx_run, tmp_path):
+    """The fixture's export passed a real agreement bar; the same export with a bar just above what the
+    head reached fails, is kept aside as .failed.tflite, and leaves the model already there alone."""
+    from edgeskin.training.export import ExportOptions, export
+    from conftest import TINY_DX_MIN_AGREEMENT
+
+    checks = tiny_dx_run["export"].info["checks"]
+    reached = checks["diagnosis_top1_agreement"]
+    assert tiny_dx_run["export"].passed and checks["min_diagnosis_agreement"] == TINY_DX_MIN_AGREEMENT <= reached
+    assert reached < 1.0, "the int8 head agrees with the float one everywhere: no bar above it to test failing"
+    out = tmp_path / "edgeskin_int8.tflite"
+    out.write_bytes(b"the model that was here before")
+    options = ExportOptions.for_int8(representative_images=40, max_auc_drop=1.0, min_diagnosis_agreement=min(1.0, reached + 0.01))
+    result = export(tiny_dx_run["run"], out, options, log=lambda *_: None)
+    # The conversion is deterministic (same representative images, same model): it reaches the same agreement.
+    assert result.info["checks"]["diagnosis_top1_agreement"] == pytest.approx(reached)
+    assert not result.passed and "diagnosis head agreed" in result.failure(options)
+    assert out.read_bytes() == b"the model that was here before"
+    assert result.path.name == "edgeskin_int8.failed.tflite" and result.path.is_file()

@@ -159,8 +159,8 @@ def _data(result: dict, training: dict, config: dict) -> list[str]:
                  + (f"{d['near_duplicates_left_out']} near-duplicate a training or calibration image and were left out "
                     if d.get("training_images_checked", True) else
                     f"{d['near_duplicates_left_out']} near-duplicate one of the set's own train/val images and were left "
-                    "out; whether any near-duplicates one of the model's own training images was not checked (no run "
-                    "record beside the model, and no --run) ")
+                    "out; whether any near-duplicates one of the model's own training images was not checked: no run "
+                    "record was found beside the model or given with --run ")
                  + f"({d['evaluated']} evaluated: {m['n_malignant']} malignant, {m['n_benign']} benign).")
     return lines
 
