@@ -15,28 +15,42 @@ from edgeskin.cli import main
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ROOT / "models"
 
-# Hashing the shipped model's ~13,000 training images for the near-duplicate check takes ~25 s.
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow  # two evaluations with figures, ~10 s each
 
 
-def _training_images(n: int) -> list[Path]:
-    """A few benign images the shipped model was trained on, as its splits.csv records them."""
-    with open(MODELS / "training" / "splits.csv") as f:
+def _training_rows(n: int) -> list[dict]:
+    """A few rows of the shipped model's splits.csv whose (benign, training) images are here."""
+    with open(MODELS / "training" / "splits.csv", newline="") as f:
         rows = [r for r in csv.DictReader(f) if r["split"] == "train" and r["label"] == "benign"]
-    paths = [Path(r["path"]) if Path(r["path"]).is_absolute() else (MODELS / "training" / r["path"]) for r in rows]
-    return [p for p in paths if p.is_file()][:n]
+    return [{**r, "path": str((MODELS / "training" / r["path"]).resolve())} for r in rows
+            if (MODELS / "training" / r["path"]).is_file()][:n]
 
 
 @pytest.fixture
-def test_set(tmp_path):
-    """A set of benign/ and malignant/ (every image evaluated): synthetic lesions, and three copies of the
-    shipped model's own training images."""
-    root = write_class_folders(tmp_path / "clinic", 20, seed=5)
-    copies = _training_images(3)
-    if len(copies) < 3:
+def shipped(tmp_path):
+    """The shipped model in a models/-like folder whose training/ record lists 5 of its training images (the
+    real one lists ~13,000, whose hashing would take ~25 s): the mechanism is the same."""
+    rows = _training_rows(5)
+    if len(rows) < 5:
         pytest.skip("the shipped model's training images (../shared/data) are not here")
-    for i, src in enumerate(copies):
-        shutil.copy(src, root / "benign" / f"copy_{i}{src.suffix}")
+    folder = tmp_path / "models"
+    (folder / "training").mkdir(parents=True)
+    shutil.copy(MODELS / "edgeskin_int8.tflite", folder)
+    shutil.copy(MODELS / "training" / "config.json", folder / "training")
+    with open(folder / "training" / "splits.csv", "w", newline="") as f:
+        w = csv.DictWriter(f, list(rows[0]))
+        w.writeheader()
+        w.writerows(rows)
+    return {"model": folder / "edgeskin_int8.tflite", "rows": rows}
+
+
+@pytest.fixture
+def test_set(tmp_path, shipped):
+    """A set of benign/ and malignant/ (every image evaluated): synthetic lesions, and copies of three of the
+    model's training images."""
+    root = write_class_folders(tmp_path / "clinic", 20, seed=5)
+    for i, row in enumerate(shipped["rows"][:3]):
+        shutil.copy(row["path"], root / "benign" / f"copy_{i}{Path(row['path']).suffix}")
     return root
 
 
@@ -47,8 +61,8 @@ def _evaluate(model, data, out):
     return r.output, json.loads((out / "metrics.json").read_text()), (out / "MODEL_CARD.md").read_text()
 
 
-def test_the_shipped_model_uses_its_own_run_record_by_default(test_set, tmp_path):
-    printed, result, card = _evaluate(MODELS / "edgeskin_int8.tflite", test_set, tmp_path / "out")
+def test_the_shipped_model_uses_its_own_run_record_by_default(shipped, test_set, tmp_path):
+    printed, result, card = _evaluate(shipped["model"], test_set, tmp_path / "out")
     d = result["data"]
     assert d["training_images_checked"] and d["near_duplicates_left_out"] == 3 and d["evaluated"] == 40
     assert "3 near-duplicates of training images left out" in printed
