@@ -311,7 +311,7 @@ def calibrate(model, data, out, target_sensitivity, folds, bootstrap):
     from edgeskin.reporting.site import SiteOptions, calibrate as run_calibration, summary
 
     def progress(items, n):
-        yield from _progress(items, n, f"scoring {os.path.basename(os.path.normpath(data))} ({n} images)")
+        yield from _progress(items, n, f"scoring {data} ({n} images)")
 
     options = SiteOptions(target_sensitivity=target_sensitivity, folds=folds, n_boot=bootstrap)
     result = run_calibration(model, data, out, options, progress)
