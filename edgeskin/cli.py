@@ -96,9 +96,14 @@ def train(data, out, resume_dir, overwrite, **flags):
     Test splits are never read. When the data names diagnoses, a diagnosis
     head is trained beside the benign/malignant one.
 
-    Example: edgeskin train ../shared/data/isic-binary ../shared/data/ham10000 --out runs/multi --seed 42
+    A full run takes over 40 minutes: the shipped model's (three sets, 224 px)
+    took 43 min on 2 CPU cores, as models/training/config.json records. A
+    run needs at least 20 benign and 20 malignant images in its calibration
+    (validation) split, so --val-fraction x images of each class >= 20.
 
-    A stopped run goes on with: edgeskin train --resume runs/multi
+    Example: ./run.sh train ../shared/data/isic-binary ../shared/data/ham10000 --out runs/multi --seed 42
+
+    A stopped run goes on with: ./run.sh train --resume runs/multi
     """
     from edgeskin.training.train import resume, train as run_training
 
@@ -112,13 +117,39 @@ def train(data, out, resume_dir, overwrite, **flags):
                         time_budget_minutes=given.get("time_budget"), distribute_as=flags["distribute"])
     else:
         command = "edgeskin " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
-        result = run_training(data, out, _train_options(**flags), overwrite=overwrite, log=click.echo, command=command)
+        try:
+            result = run_training(data, out, _train_options(**flags), overwrite=overwrite, log=click.echo, command=command)
+        except ValueError as exc:
+            raise type(exc)(f"{exc}; {small_data_hint(data, flags['val_fraction'])}") if _too_small(exc) else exc
     click.echo(f"validation AUC {result.val_auc:.4f}, temperature {result.temperature:.3f}, {result.seconds / 60:.1f} min")
     for point in result.operating_points.values():
         click.echo(f"  {point.name:<10} threshold {point.threshold:.4f}  "
                    f"sensitivity {point.sensitivity:.3f}  specificity {point.specificity:.3f}")
     # A multi-worker run's other workers write nothing: the chief's --out holds the run.
     click.echo(f"run saved to {result.run_dir}" if result.run_dir.is_dir() else "run saved by the chief worker, not here")
+
+
+def _too_small(exc: Exception) -> bool:
+    return str(exc).startswith("calibration (validation) split: only")
+
+
+def small_data_hint(data, val_fraction: float) -> str:
+    """Which --val-fraction, or how many more images, would give the calibration split its 20 images of each class."""
+    import math
+
+    from edgeskin.data import sets
+
+    ds = sets.discover_many(data)
+    if ds.val:
+        return f"add images to the val/ split, to at least {sets.MIN_PER_CLASS} of each class"
+    counts = ds.counts()["train"]
+    fewest = min(counts.values())
+    # Each class gives about fraction x its images to the split (whole lesions at a time).
+    fraction = math.ceil(100 * sets.MIN_PER_CLASS / fewest) / 100 if fewest else 1.0
+    need = math.ceil(sets.MIN_PER_CLASS / val_fraction)
+    more = " and ".join(f"{need - n} more {name}" for name, n in counts.items() if n < need)
+    raise_to = f"--val-fraction {fraction:.2f} would work, or " if fraction <= 0.5 else ""
+    return f"{raise_to}at --val-fraction {val_fraction:g} the data needs {more} images"
 
 
 def _train_options(seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,
@@ -143,7 +174,7 @@ def _train_options(seed, weights, image_size, alpha, val_fraction, batch_size, h
 
 @main.command()
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
-@click.option("--out", type=click.Path(file_okay=False), default="audit", show_default=True,
+@click.option("--out", type=click.Path(file_okay=False), default="runs/audit", show_default=True,
               help="Folder for audit.json, properties.csv and audit.png.")
 @click.option("--split", type=click.Choice(["all", "train", "val", "test"]), default="all", show_default=True,
               help="Audit only this split's images.")
@@ -157,7 +188,7 @@ def audit(data, out, split, bootstrap):
     splits are counted too. Several sets are audited as the mixture `train`
     would make of them, with the source as a property and each source alone.
 
-    Example: edgeskin audit ../shared/data/isic-binary ../shared/data/ham10000 --split train --out audit
+    Example: ./run.sh audit ../shared/data/isic-binary ../shared/data/ham10000 --split train --out runs/audit
     """
     from edgeskin.data import audit as audit_lib
     from edgeskin.data import sets as data_lib
@@ -192,7 +223,10 @@ def export(source, quantization, out, representative_images, max_auc_drop, min_d
     more than --max-auc-drop, or if its diagnosis head agrees with the float
     one on less than --min-diagnosis-agreement of the images.
 
-    Example: edgeskin export runs/isic --int8 --out models/edgeskin_int8.tflite
+    Example (runs/multi is the run `train`'s example writes; the model goes
+    beside it, never over the shipped one in models/):
+
+      ./run.sh export runs/multi --int8 --out runs/multi/edgeskin_int8.tflite
     """
     from pathlib import Path
 
@@ -237,7 +271,7 @@ def predict(paths, model, threshold, operating_point, as_json, threads, tta, no_
     diagnoses follow the decision; the decision is still the
     benign/malignant one.
 
-    Example: edgeskin predict data/samples/ --threshold 0.4 --diagnosis --json
+    Example: ./run.sh predict data/samples/ --threshold 0.4 --diagnosis --json
     """
     from edgeskin.runtime import Classifier
     from edgeskin.runtime.imageio import scan_images
@@ -282,13 +316,15 @@ def calibrate(model, data, out, target_sensitivity, folds, bootstrap, refit_gate
     a model card and a reliability figure beside it. MODEL is never changed.
     The before/after figures are cross-validated.
 
-    Example: edgeskin calibrate models/edgeskin_int8.tflite clinic_images/ --out clinic.tflite
+    DATA is your site's own labelled images; below, isic-binary's test split
+    stands in for them (calibrating on a set leaves it no use as a test set).
+
+    Example: ./run.sh calibrate models/edgeskin_int8.tflite ../shared/data/isic-binary/test --out runs/site/site.tflite
     """
     from edgeskin.reporting.site import SiteOptions, calibrate as run_calibration, summary
 
     def progress(items, n):
-        with click.progressbar(items, length=n, label="scoring", file=sys.stderr) as bar:
-            yield from bar
+        yield from _progress(items, n, f"scoring {data} ({n} images)")
 
     options = SiteOptions(target_sensitivity=target_sensitivity, folds=folds, n_boot=bootstrap, refit_gate=refit_gate)
     result = run_calibration(model, data, out, options, progress)
@@ -300,11 +336,13 @@ def calibrate(model, data, out, target_sensitivity, folds, bootstrap, refit_gate
 @click.argument("model", type=click.Path(exists=True))
 @click.argument("data", nargs=-1, required=True, type=click.Path(exists=True))
 @click.option("--threshold", type=click.FloatRange(0.0, 1.0), default=None, help="Also report this threshold.")
-@click.option("--out", type=click.Path(file_okay=False), default="evaluation", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/evaluation", show_default=True,
+              help="Folder for metrics.json, MODEL_CARD.md, predictions.csv and figures/.")
 @click.option("--compare", type=click.Path(exists=True), default=None, help="A second model to put side by side.")
 @click.option("--run", "run_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="The model's run folder: its history.csv gives the training curves, its splits.csv "
-                   "the training images kept out of every test figure.")
+                   "the training images kept out of every test figure.  [default: training/ beside MODEL, if it has "
+                   "a splits.csv]")
 @click.option("--bootstrap", type=click.IntRange(100, 100000), default=1000, show_default=True)
 @click.option("--robustness/--no-robustness", default=True, show_default=True,
               help="Also score the set re-encoded, rescaled, relit, rotated and flipped (one pass each).")
@@ -314,25 +352,30 @@ def evaluate(model, data, threshold, out, compare, run_dir, bootstrap, robustnes
 
     Each DATA is any layout `train` accepts. Its test split is used when there
     is one, leaving out test images that near-duplicate a train or val image
-    of that set or, given --run, any image the model was trained on;
-    otherwise every image is. The first DATA is the primary set (figures,
-    robustness, gate, predictions.csv); every set gets a row in the card's
-    "Results by test set" and its own diagnosis report.
+    of that set or any image the model was trained on (its run record: --run,
+    or a training/ folder with splits.csv beside the model file, as the
+    shipped model has in models/training); otherwise every image is. Without
+    a run record the report says the model's training images were not
+    checked. The first DATA is the primary set (figures, robustness, gate,
+    predictions.csv); every set gets a row in the card's "Results by test
+    set" and its own diagnosis report.
 
-    Example: edgeskin evaluate models/edgeskin_int8.tflite ../shared/data/isic-binary ../shared/data/ham10000 --out models
+    Example: ./run.sh evaluate models/edgeskin_int8.tflite ../shared/data/isic-binary ../shared/data/ham10000 --out runs/evaluation
     """
     from pathlib import Path
 
     from edgeskin.reporting.evaluate import evaluate as run_evaluation
     from edgeskin.reporting.tables import table
 
-    def progress(items, n):
-        with click.progressbar(items, length=n, label="scoring", file=sys.stderr) as bar:
-            yield from bar
-
-    result = run_evaluation(model, list(data), out, threshold, compare, bootstrap, progress, run_dir, robustness)
+    result = run_evaluation(model, list(data), out, threshold, compare, bootstrap, _progress, run_dir, robustness)
     click.echo(table(result))
     click.echo(f"wrote {Path(out) / 'metrics.json'}, {Path(out) / 'MODEL_CARD.md'} and {Path(out) / 'figures'}/")
+
+
+def _progress(items, n, label="scoring"):
+    """A progress bar on stderr that says what it counts (the library names the set and its size)."""
+    with click.progressbar(items, length=n, label=label, file=sys.stderr) as bar:
+        yield from bar
 
 
 main.add_command(explain)

@@ -32,14 +32,18 @@ def friendly(fn):
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,
               help="A float Keras model (.keras) [default: the shipped models/edgeskin.keras].")
-@click.option("--out", type=click.Path(file_okay=False), default="explanations", show_default=True)
+@click.option("--out", type=click.Path(file_okay=False), default="runs/explanations", show_default=True)
 @click.option("--opacity", type=click.FloatRange(0.0, 1.0), default=0.4, show_default=True,
               help="Heatmap opacity in the overlay.")
 @friendly
 def explain(images, model, out, opacity):
     """Save Grad-CAM heatmaps and overlays showing what drove the malignant score.
 
-    Example: edgeskin explain data/samples/malignant_1.jpg --out explanations
+    Grad-CAM needs the float Keras model's gradients, so the probabilities it
+    prints are the float model's: they differ a little from the int8 model's
+    that `predict` runs (and the thresholds are the int8 model's).
+
+    Example: ./run.sh explain data/samples/malignant_1.jpg --out runs/explanations
     """
     from pathlib import Path
 
@@ -53,6 +57,7 @@ def explain(images, model, out, opacity):
     if not paths:
         raise click.ClickException("no images found in " + ", ".join(images))
     net = model_lib.load(keras_path)
+    click.echo(f"scored by the float Keras model {keras_path}; the int8 model `predict` runs differs a little")
     failed, stems = 0, set()
     for path in paths:
         try:
@@ -68,7 +73,7 @@ def explain(images, model, out, opacity):
             stem = f"{path.stem}_{k}"
         stems.add(stem)
         _, overlay = explain_lib.save(result, out, stem)
-        click.echo(f"{path}: malignant_probability {result.malignant_probability:.3f} -> {overlay}")
+        click.echo(f"{path}: float model's malignant_probability {result.malignant_probability:.3f} -> {overlay}")
     if failed:
         raise click.ClickException(f"{failed} image(s) could not be read")
 
@@ -85,7 +90,7 @@ def app(model, keras_model, port):
 
     Needs the [app] extra (pip install ".[app]"). Uploads stay in memory.
 
-    Example: edgeskin app --port 8501
+    Example: ./run.sh app --port 8501
     """
     import subprocess
     from pathlib import Path

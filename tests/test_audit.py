@@ -113,3 +113,20 @@ def test_a_mixture_audits_its_sources_and_each_source_alone(tmp_path):
     assert set(report["by_source"]) == {"a", "b"}
     assert report["by_source"]["b"]["malignant"] == 8
     assert "within a" in audit_lib.table(report)
+
+
+def test_the_table_never_cuts_a_name_and_explains_a_flag_beside_equal_medians():
+    zero = {"median": 0.0, "p25": 0.0, "p75": 0.0}
+    report = {"images": 40, "counts": {"benign": 20, "malignant": 20}, "flag_rule": "rule", "near_duplicates": {},
+              "properties": [
+                  {"property": "dark_border", "kind": "numeric", "flagged": True, "auc": 0.61, "ci95": [0.58, 0.64],
+                   "per_class": {"benign": {**zero, "share_nonzero": 0.05}, "malignant": {**zero, "share_nonzero": 0.3}}},
+                  {"property": "source", "kind": "categorical", "flagged": True, "auc": 0.7, "ci95": [0.6, 0.8],
+                   "per_class": {"benign": {"isic-binary": 1217, "ham10000": 5703, "isic2017": 1487},
+                                 "malignant": {"isic-binary": 937, "ham10000": 1305, "isic2017": 310}}}]}
+    text = audit.table(report)
+    assert "median 0, 5% non-zero" in text and "median 0, 30% non-zero" in text
+    assert "share a median, the AUC comes from the rest of the distribution" in text
+    words = set(text.replace(",", " ").split())
+    assert "isic-binary" in words and not any(w.startswith("isic-bin") and w != "isic-binary" for w in words)
+    assert "isic-binary 1217, +2 more" in text

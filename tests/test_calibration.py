@@ -159,3 +159,19 @@ def test_platt_fit_is_not_pulled_by_saturated_int8_scores():
     y2 = y.copy()
     y2[zeros[:2]] = 1  # two surprising cases among the saturated scores
     assert fit_platt(x, y2).slope > 0.8 * base.slope
+
+
+def test_coinciding_operating_points_are_explained():
+    from edgeskin.reporting.site import coinciding
+
+    # 9 benign at 0.1 and one at 0.7; 8 malignant at 0.6 and two at 0.8: at 0.6 sensitivity is 1 and
+    # specificity 0.9, so the screening, balanced (J = 0.9) and specific points all land there.
+    p = [0.1] * 9 + [0.7] + [0.6] * 8 + [0.8] * 2
+    y = [0] * 10 + [1] * 10
+    points = {k: v.to_dict() for k, v in cal.choose_operating_points(p, y).items()}
+    notes = coinciding(points)
+    assert len(notes) == 3 and notes[2].startswith("balanced and specific share the threshold 0.6000")
+    assert "best sensitivity + specificity is also the lowest threshold with specificity >= 0.90" in notes[2]
+    # Apart, nothing to explain.
+    apart = {k: v.to_dict() for k, v in cal.choose_operating_points(np.linspace(0, 1, 40), [0] * 20 + [1] * 20).items()}
+    assert len({v["threshold"] for v in apart.values()}) == 3 and coinciding(apart) == []

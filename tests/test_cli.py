@@ -50,7 +50,9 @@ def test_predict_readable_lines_and_folders(tiny_run):
     r = run("predict", tiny_run["data"] / "test", "--model", tiny_run["tflite"], "--operating-point", "balanced")
     assert r.exit_code == 0, r.output
     lines = r.output.strip().splitlines()
-    assert len(lines) == 2 * TINY_TEST_PER_CLASS and all("malignant_probability" in line for line in lines)
+    # An image the gate sets aside gets its reasons and no probability.
+    assert len(lines) == 2 * TINY_TEST_PER_CLASS
+    assert all("malignant_probability" in line or ": cannot judge this image (" in line for line in lines), lines
 
 
 @pytest.mark.slow
@@ -154,3 +156,20 @@ def test_explain_empty_folder_and_name_collisions(tiny_run, tmp_path):
     r = run("explain", tmp_path / "a" / "x.jpg", tmp_path / "b" / "x.jpg", "--model", model, "--out", tmp_path / "out")
     assert r.exit_code == 0, r.output
     assert sorted(p.name for p in (tmp_path / "out").glob("*_overlay.png")) == ["x_2_overlay.png", "x_overlay.png"]
+    # It says which model gave the probability: the float one, not the int8 one predict runs.
+    assert "scored by the float Keras model" in r.output and "float model's malignant_probability" in r.output
+
+
+def test_a_too_small_calibration_split_says_which_val_fraction_would_work(tmp_path):
+    from conftest import write_class_folders
+    from edgeskin.data import sets, splits
+
+    data = write_class_folders(tmp_path / "set", 60)
+    msg = one_line_error(run("train", data, "--out", tmp_path / "run", "--weights", "none", "--image-size", 64,
+                             "--alpha", "0.35"))
+    assert "only 12 benign and 12 malignant" in msg
+    # 20 / 60 images, rounded up: the fraction it names does give 20 of each class.
+    assert "--val-fraction 0.34 would work" in msg and "40 more benign and 40 more malignant" in msg
+    val = splits.split_validation(sets.discover(data), 0.34, 42).val
+    assert min(sets.Dataset(data, train=val).counts()["train"].values()) >= sets.MIN_PER_CLASS
+    assert not (tmp_path / "run" / "model.keras").exists()

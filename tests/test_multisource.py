@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import json
 from pathlib import Path
 
 import numpy as np
@@ -116,21 +117,16 @@ def test_diagnosis_targets_weight_rare_diagnoses_and_zero_the_unknown():
 
 
 @pytest.mark.slow
-def test_the_time_budget_stops_fine_tuning_and_the_run_still_finishes(tmp_path, tiny_weights):
-    from edgeskin.training.model import ModelOptions
-    from edgeskin.training.options import TrainOptions
-    from edgeskin.training.train import train
-
-    manifest = write_multisource_manifest(tmp_path / "m", 200)
-    options = TrainOptions.for_smoke_test(model=ModelOptions(image_size=64, alpha=0.35, weights=str(tiny_weights)),
-                                          val_fraction=0.3, fine_tune_epochs=4, patience=4, time_budget_minutes=0.001)
-    lines = []
-    train(manifest, tmp_path / "run", options, log=lines.append)
-    with open(tmp_path / "run" / "history.csv", newline="") as f:
+def test_the_time_budget_stops_fine_tuning_and_the_run_still_finishes(tiny_dx_run):
+    """tiny_dx_run fine-tunes for up to 4 epochs under a 0.001-minute budget: one epoch, then the run finishes."""
+    run = tiny_dx_run["run"]
+    config = json.loads((run / "config.json").read_text())
+    assert config["options"]["time_budget_minutes"] == 0.001 and config["options"]["fine_tune_epochs"] == 4
+    with open(run / "history.csv", newline="") as f:
         phases = [r["phase"] for r in csv.DictReader(f)]
     assert phases.count("fine_tune") == 1 and "diagnosis_head" in phases
-    assert (tmp_path / "run" / "model.keras").is_file()
-    assert all(line.startswith("[") and " min] " in line for line in lines)
+    assert (run / "model.keras").is_file()
+    assert all(line.startswith("[") and " min] " in line for line in tiny_dx_run["log"])
 
 
 def test_links_to_a_set_not_given_are_noted_and_a_short_row_is_a_clear_error(tmp_path):

@@ -148,3 +148,71 @@ def test_shipped_gate_lets_the_test_lesions_through():
     q75 = [perturb.reencode(im, 75) for im in stored]
     share75 = np.mean([bool(clf.reasons(im.size, to_model_input(im, clf.image_size))) for im in q75])
     assert share <= 0.02 and share75 <= 0.03, (share, share75)
+
+
+def _recomputed() -> dict:
+    """The headline figures recomputed from the shipped int8 model itself, on the images its metrics.json reports
+    on: those models/predictions.csv lists (the primary set's test split, less near-duplicates of training)."""
+    import csv
+
+    import numpy as np
+    from sklearn.metrics import roc_auc_score
+
+    from edgeskin.runtime import Classifier
+    from edgeskin.runtime.imageio import load_rgb
+
+    with open(MODELS / "predictions.csv") as f:
+        rows = list(csv.DictReader(f))
+    clf = Classifier(MODELS / "edgeskin_int8.tflite", num_threads=2)
+    # Paths in predictions.csv are as evaluate was given them, from the project root.
+    p = np.array([clf.malignant_probability(load_rgb(ROOT / r["path"], clf.image_size)) for r in rows])
+    y = np.array([r["label"] == "malignant" for r in rows])
+    out = {"n": len(rows), "n_malignant": int(y.sum()), "roc_auc": roc_auc_score(y, p)}
+    for name, t in clf.operating_points.items():
+        out[name] = {"sensitivity": float((p[y] >= t).mean()), "specificity": float((p[~y] < t).mean())}
+    return out
+
+
+def check_headline_figures(result: dict, again: dict, readme: str) -> None:
+    """metrics.json's (and the README's) headline figures are the ones the model gives now."""
+    m = result["metrics"]
+    assert (m["n"], m["n_malignant"]) == (again["n"], again["n_malignant"]), "predictions.csv and metrics.json disagree"
+    assert m["roc_auc"]["value"] == pytest.approx(again["roc_auc"], abs=5e-4), "metrics.json's ROC AUC is stale"
+    for name, point in m["thresholds"].items():
+        if name in again:
+            # One image more or less on either side of the threshold would be 1/277 or 1/346: far above 1e-6.
+            assert point["sensitivity"]["value"] == pytest.approx(again[name]["sensitivity"], abs=1e-6), name
+            assert point["specificity"]["value"] == pytest.approx(again[name]["specificity"], abs=1e-6), name
+    row = next((line for line in readme.splitlines() if line.startswith("| isic-binary (primary) | `edgeskin_int8.tflite`")),
+               None)
+    assert row is not None, "the README has no results row for the shipped model on isic-binary"
+    assert f"| {again['roc_auc']:.3f} (" in row, "the README's ROC AUC is stale"
+
+
+@pytest.fixture(scope="module")
+def recomputed():
+    if not (ROOT.parent / "shared" / "data" / "isic-binary" / "test").is_dir():
+        pytest.skip("needs ../shared/data/isic-binary")
+    return _recomputed()
+
+
+def test_the_shipped_figures_are_the_models_own(recomputed):
+    result = json.loads((MODELS / "metrics.json").read_text())
+    check_headline_figures(result, recomputed, (ROOT / "README.md").read_text())
+
+
+def test_an_edited_auc_is_caught(recomputed):
+    """The check above can fail: a metrics.json (copy) whose AUC moved by 0.001, or a README row that did."""
+    result = json.loads((MODELS / "metrics.json").read_text())
+    readme = (ROOT / "README.md").read_text()
+    edited = json.loads(json.dumps(result))
+    edited["metrics"]["roc_auc"]["value"] += 0.001
+    with pytest.raises(AssertionError, match="ROC AUC is stale"):
+        check_headline_figures(edited, recomputed, readme)
+    edited = json.loads(json.dumps(result))
+    edited["metrics"]["thresholds"]["screening"]["sensitivity"]["value"] -= 1 / recomputed["n_malignant"]
+    with pytest.raises(AssertionError, match="screening"):
+        check_headline_figures(edited, recomputed, readme)
+    stale = readme.replace(f"| {recomputed['roc_auc']:.3f} (", "| 0.999 (")
+    with pytest.raises(AssertionError, match="README's ROC AUC is stale"):
+        check_headline_figures(result, recomputed, stale)

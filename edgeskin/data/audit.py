@@ -158,7 +158,7 @@ def _per_class(prop: Property, values: list, labels: np.ndarray) -> dict:
             v = np.array(vs, dtype=np.float64)
             v = v[np.isfinite(v)]
             out[name] = {"median": float(np.median(v)), "p25": float(np.quantile(v, 0.25)),
-                         "p75": float(np.quantile(v, 0.75))} if v.size else {}
+                         "p75": float(np.quantile(v, 0.75)), "share_nonzero": float(np.mean(v != 0))} if v.size else {}
         else:
             levels = sorted(set(values))
             out[name] = {lv: vs.count(lv) for lv in levels}
@@ -242,23 +242,51 @@ def _write(out: Path, report: dict, samples, rows) -> None:
     (out / AUDIT_FILE).write_text(json.dumps(report, indent=2) + "\n")
 
 
+_CELL = 28
+
+
 def table(report: dict) -> str:
     """The audit as printed text: one line a property, flags first."""
     c = report["counts"]
     lines = [f"audit of {report['images']} images ({c['benign']} benign, {c['malignant']} malignant); {report['flag_rule']}",
-             f"  {'property':<20}{'ROC AUC [95% CI]':<24}{'benign':<26}{'malignant':<26}"]
+             f"  {'property':<20}{'ROC AUC [95% CI]':<24}{'benign':<{_CELL}}{'malignant':<{_CELL}}"]
+    same_median = False
     for row in sorted(report["properties"], key=lambda r: (not r["flagged"], -r["auc"])):
         lo, hi = row["ci95"]
-        cells = []
-        for name in sets.LABELS:
-            pc = row["per_class"][name]
-            cells.append(f"median {pc['median']:.3g}" if row["kind"] == "numeric" and pc else
-                         ", ".join(f"{k} {v}" for k, v in pc.items() if v)[:25])
+        cells = _cells(row)
+        same_median |= row["flagged"] and cells[0].startswith("median") and "," in cells[0]
         lines.append(f"{'! ' if row['flagged'] else '  '}{row['property']:<20}{row['auc']:.3f} [{lo:.3f}, {hi:.3f}]".ljust(46)
-                     + f"{cells[0]:<26}{cells[1]:<26}")
+                     + f"{cells[0]:<{_CELL - 1}} {cells[1]}")
+    if same_median:
+        # A flag beside two equal medians looks like a bug; the AUC ranks whole distributions, not medians.
+        lines.append("  where both classes share a median, the AUC comes from the rest of the distribution: how many "
+                     "values are non-zero, the quartiles (IQR) or the tails beyond them")
     for k, v in report["near_duplicates"].items():
         lines.append(f"  near-duplicates {k.replace('_', ' ')}: {v}")
     for src, row in report.get("by_source", {}).items():
         flags = ", ".join(f"{k} {v:.2f}" for k, v in sorted(row["flagged"].items(), key=lambda kv: -kv[1])) or "none"
         lines.append(f"  within {src} ({row['images']} images, {row['malignant']} malignant), flagged: {flags}")
     return "\n".join(lines)
+
+
+def _cells(row: dict) -> list[str]:
+    """Each class's cell: its median (and what differs when the medians agree), or its levels' counts, whole words only."""
+    per = [row["per_class"][name] for name in sets.LABELS]
+    if row["kind"] == "numeric":
+        if not all(per):
+            return [f"median {pc['median']:.3g}" if pc else "" for pc in per]
+        if f"{per[0]['median']:.3g}" != f"{per[1]['median']:.3g}":
+            return [f"median {pc['median']:.3g}" for pc in per]
+        if per[0]["median"] == 0 and "share_nonzero" in per[0]:
+            return [f"median 0, {pc['share_nonzero']:.0%} non-zero" for pc in per]
+        return [f"median {pc['median']:.3g}, IQR {pc['p25']:.3g}-{pc['p75']:.3g}" for pc in per]
+    return [_fit([f"{k} {v}" for k, v in pc.items() if v], _CELL - 2) for pc in per]
+
+
+def _fit(items: list[str], width: int) -> str:
+    """As many whole items as fit in width, and how many more there are: never a name cut mid-word."""
+    for keep in range(len(items), 0, -1):
+        text = ", ".join(items[:keep]) + (f", +{len(items) - keep} more" if keep < len(items) else "")
+        if len(text) <= width:
+            return text
+    return f"{len(items)} levels"

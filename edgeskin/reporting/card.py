@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from edgeskin.reporting.card_results import (_diagnosis_head, _figures, _gate, _operating_points, _results, _robustness,
                                             format_value, sets_section)
 
@@ -63,8 +65,9 @@ def _header(result: dict, info: dict) -> list[str]:
 
 def _model(result: dict, info: dict, config: dict) -> list[str]:
     model = result["model"]
-    options = config.get("options", {})
-    net = options.get("model", {})
+    # The run's config.json when it is at hand, else what the model's own metadata records of it.
+    options = config.get("options") or info.get("training", {}).get("options", {})
+    net = options.get("model") or info.get("training", {}).get("model", {})
     size = info.get("input", {}).get("size", net.get("image_size"))
     return [
         "## Model",
@@ -96,11 +99,20 @@ SOURCES = {
 }
 
 
-def _sources(config: dict) -> list[str]:
+def source_names(data) -> list[str]:
+    """The training sets' folder names (a manifest's stem) from a run's "a + b + c" data record: no machine's paths."""
+    return [Path(part.strip()).stem if part.strip().endswith(".csv") else Path(part.strip()).name
+            for part in str(data or "").split(" + ") if part.strip()]
+
+
+def _sources(config: dict, training: dict) -> list[str]:
     """One line a training source, with its counts, and each source's own validation figures."""
-    per_source = config.get("sources", {})
+    per_source = config.get("sources") or training.get("sources", {})
+    names = source_names(training.get("data"))
     if len(per_source.get("train", {})) < 2:
-        return []
+        # Only the metadata's record of the sets: their names, without per-source counts.
+        return ["- Training sources, trained on as one set:"] + [
+            f"  - `{name}`: {SOURCES.get(name, 'a local set')}." for name in names] if len(names) > 1 else []
     val = config.get("calibration", {}).get("per_source", {})
     lines = ["- Training sources, trained on as one set:"]
     for name, c in per_source["train"].items():
@@ -124,13 +136,12 @@ def _sources(config: dict) -> list[str]:
 def _data(result: dict, training: dict, config: dict) -> list[str]:
     m, d = result["metrics"], result["data"]
     counts = training.get("counts", {})
-    several = len(config.get("sources", {}).get("train", {})) > 1
+    names = source_names(training.get("data"))
     lines = [
         "## Data",
-        f"- Training source: `{training.get('data', 'not recorded')}`"
-        + (" — the ISIC-archive derived \"Skin Cancer: Malignant vs. Benign\" set (Claudio Fanconi), dermoscopy JPEGs."
-           if "isic" in str(training.get("data", "")).lower() and not several else "."),
-        *_sources(config),
+        f"- Training source{'s' * (len(names) > 1)}: `{' + '.join(names) or 'not recorded'}`"
+        + (f" — {SOURCES[names[0]]}." if len(names) == 1 and names[0] in SOURCES else "."),
+        *_sources(config, training),
     ]
     if counts:
         tr, va = counts.get("train", {}), counts.get("val", {})
@@ -144,9 +155,13 @@ def _data(result: dict, training: dict, config: dict) -> list[str]:
         lines.append("- Shortcut audit of the training images (`audit/` in the run folder): "
                      + (f"{len(flags)} properties predict the label on their own: {', '.join(flags)}."
                         if flags else "no property predicts the label on its own."))
-    lines.append(f"- Evaluation set: `{d['source']}`, {d['split']} split: {d['images']} images, of which "
-                 f"{d['near_duplicates_left_out']} near-duplicate a training or calibration image and were left out "
-                 f"({d['evaluated']} evaluated: {m['n_malignant']} malignant, {m['n_benign']} benign).")
+    lines.append(f"- Evaluation set: `{source_names(d['source'])[0]}`, {d['split']} split: {d['images']} images, of which "
+                 + (f"{d['near_duplicates_left_out']} near-duplicate a training or calibration image and were left out "
+                    if d.get("training_images_checked", True) else
+                    f"{d['near_duplicates_left_out']} near-duplicate one of the set's own train/val images and were left "
+                    "out; whether any near-duplicates one of the model's own training images was not checked: no run "
+                    "record was found beside the model or given with --run ")
+                 + f"({d['evaluated']} evaluated: {m['n_malignant']} malignant, {m['n_benign']} benign).")
     return lines
 
 

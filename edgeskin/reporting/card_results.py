@@ -86,6 +86,8 @@ def sets_section(result: dict) -> list[str]:
     for name, entry in sets.items():
         label = f"{name} (primary)" if entry.get("primary") else name
         left_out = entry["data"].get("near_duplicates_left_out", 0)
+        if not entry["data"].get("training_images_checked", True):
+            left_out = f"{left_out} (the model's training images not checked)"
         lines.append(_set_row(label, result["model"]["name"], entry["metrics"], entry.get("diagnosis"), left_out))
         if "compare" in entry:
             c = entry["compare"]

@@ -46,14 +46,14 @@ def evaluation_set(source, trained_on=()) -> tuple[tuple[sets.Sample, ...], dict
         seen = replace(ds, train=ds.train + tuple(trained_on))
         kept, dropped = splits.held_out_test(seen)
         desc = {"source": str(Path(source).resolve()), "split": "test", "images": len(ds.test),
-                "near_duplicates_left_out": dropped, "evaluated": len(kept),
+                "near_duplicates_left_out": dropped, "evaluated": len(kept), "training_images_checked": bool(trained_on),
                 "rule": "test images within the near-duplicate distance of any train or val image are left out"
                         + (", or of any of the model's own training images (its run's splits.csv)" if trained_on else "")}
     else:
         every = ds.train + ds.val
         kept, dropped = splits.held_out_test(sets.Dataset(ds.source, train=tuple(trained_on), test=every))
         desc = {"source": str(Path(source).resolve()), "split": "all", "images": len(every),
-                "near_duplicates_left_out": dropped, "evaluated": len(kept),
+                "near_duplicates_left_out": dropped, "evaluated": len(kept), "training_images_checked": bool(trained_on),
                 "rule": "every image in the set" + (", less those within the near-duplicate distance of any of the "
                                                     "model's own training images (its run's splits.csv)"
                                                     if trained_on else "")}
@@ -94,8 +94,15 @@ class _Set:
 
 
 def _score_set(scorer: Scorer, other: Scorer | None, name: str, samples, desc: dict, progress, inspect=None) -> _Set:
-    mine = scorer.scores(samples, progress, inspect=inspect)
-    return _Set(name, samples, desc, mine, other.scores(samples, progress) if other is not None else None)
+    label = f"scoring {name} ({len(samples)} images)"
+    mine = scorer.scores(samples, _labelled(progress, label), inspect=inspect)
+    theirs = other.scores(samples, _labelled(progress, f"{label} with {other.name}")) if other is not None else None
+    return _Set(name, samples, desc, mine, theirs)
+
+
+def _labelled(progress, label: str):
+    """progress(items, n, label) as the progress(items, n) the scorers call, so that each bar says what it counts."""
+    return (lambda items, n: progress(items, n, label)) if progress else None
 
 
 def _thresholds(scorer: Scorer, threshold: float | None, always_requested: bool = True) -> dict:
@@ -122,8 +129,9 @@ def _robustness(scorer: Scorer, samples, y, p, n_boot, progress) -> list[dict]:
 
     predictor = scorer.predictor()
     points = dict(scorer.operating_points) or {"requested": 0.5}
+    label = f"robustness of {scorer.name} ({len(samples)} images, one pass a perturbation)"
     return robustness.measure(lambda t: scorer.score(samples, transform=t, predictor=predictor), y, p, points,
-                              n_boot=n_boot, progress=progress)
+                              n_boot=n_boot, progress=_labelled(progress, label))
 
 
 def _gate_inspector(scorer: Scorer):
@@ -180,9 +188,9 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
     out = Path(out)
     if threshold is not None and not (np.isfinite(threshold) and 0.0 <= threshold <= 1.0):
         raise EvaluationError(f"threshold must be a number in [0, 1], got {threshold}")
-    scorer, other, run, history = _models(model, compare, run_dir)
-    # Every set is read before any is scored: a bad last set fails in seconds. Only a run named with
-    # run_dir: the folder a Keras model sits in may be any folder, its splits not the model's.
+    scorer, other, run, history = _models(model, compare, run_dir := run_dir or default_run(model))
+    # Every set is read before any is scored: a bad last set fails in seconds. Only a run named with run_dir (or
+    # shipped beside the model): the folder a Keras model sits in may be any folder, its splits not the model's.
     trained_on = _trained_on(Path(run_dir)) if run_dir else ()
     chosen = [(name, *evaluation_set(src, trained_on)) for name, src in named_sources(source)]
     inspect, found = _gate_inspector(scorer)
@@ -207,6 +215,17 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
                 result["sets"][st.name]["gate"] = _gate_report(found, st.samples, st.y, None, {}, n_boot, full=False)
         _write_outputs(staging, out, first, result, scorer, _run_records(run))
     return result
+
+
+def default_run(model) -> Path | None:
+    """The run record shipped beside a model file: a training/ folder with its splits.csv, as models/ has.
+
+    Evaluating the shipped model then leaves out its own training images'
+    near-duplicates without --run; a model with no such folder is evaluated
+    without that check, and the report says so.
+    """
+    folder = Path(model).parent / "training"
+    return folder if Path(model).is_file() and (folder / "splits.csv").is_file() else None
 
 
 def _run_records(run: Path | None) -> dict:

@@ -285,6 +285,7 @@ def render_card(info: dict, figure: str) -> str:
             lines.append(f"| {name} {key} | {ci(b[key]) if b else 'n/a'} | {ci(after[key])} |")
     lines += ["", "## Operating points of this file", "", "| operating point | threshold |", "|---|---|"]
     lines += [f"| {k} | {v['threshold']:.4f} |" for k, v in info["operating_points"].items()]
+    lines += [f"\n- {note}." for note in coinciding(info["operating_points"])]
     lines += ["", f"![reliability before and after]({figure})", ""]
     return "\n".join(lines)
 
@@ -307,4 +308,25 @@ def summary(result: SiteResult) -> str:
         lines.append(f"  in-model gate: out_of_domain threshold {refit['previous_threshold']:.3f} -> "
                      f"{result.info['usable']['threshold']:.3f}; site images passing {refit['pass_rate_before']:.1%} -> "
                      f"{refit['pass_rate_after']:.1%}")
+    lines += [f"  {note}" for note in coinciding(result.info["operating_points"])]
     return "\n".join(lines)
+
+
+# What picks each point (calibration.choose_operating_points), to say why two of them can land on one threshold.
+_RULES = {"screening": "the highest threshold that reaches the target sensitivity",
+          "balanced": "the threshold with the best sensitivity + specificity",
+          "specific": "the lowest threshold with specificity >= 0.90"}
+
+
+def coinciding(points: dict) -> list[str]:
+    """One sentence for each pair of operating points that share a threshold: why, so that it does not look like a bug."""
+    names, notes = list(points), []
+    for i, a in enumerate(names):
+        for b in names[i + 1:]:
+            pa, pb = points[a], points[b]
+            if pa["threshold"] != pb["threshold"]:
+                continue
+            notes.append(f"{a} and {b} share the threshold {pa['threshold']:.4f}: on this data "
+                         f"{_RULES.get(a, a)} is also {_RULES.get(b, b)} (sensitivity {pa['sensitivity']:.3f}, "
+                         f"specificity {pa['specificity']:.3f}); a larger site set may separate them")
+    return notes

@@ -10,13 +10,24 @@ def _ci_text(entry, fmt="{:.3f}") -> str:
     return f"{format_value(entry['value'], fmt)} [{format_value(lo, fmt)}, {format_value(hi, fmt)}]"
 
 
+def left_out_text(d: dict) -> str:
+    """What was left out of a set and against what; says so when the model's own training images were not checked."""
+    own = "this set's own train/val images" if d.get("split") == "test" else None
+    if d.get("training_images_checked", True):  # older metrics.json files predate the field
+        return f"{d['near_duplicates_left_out']} near-duplicates of training images left out"
+    if own:
+        return (f"{d['near_duplicates_left_out']} near-duplicates of {own} left out; not checked against the model's "
+                "own training images (no run record: give --run)")
+    return "not checked for near-duplicates of the model's training images (no run record: give --run)"
+
+
 def table(result: dict) -> str:
     """The headline figures as a plain-text table."""
     m = result["metrics"]
     ci = _ci_text
     d = result["data"]
     lines = [f"{result['model']['name']} on {d['evaluated']} images ({m['n_malignant']} malignant, {m['n_benign']} benign; "
-             f"{d['near_duplicates_left_out']} near-duplicates of training images left out)",
+             f"{left_out_text(d)})",
              f"  ROC AUC          {ci(m['roc_auc'])}",
              f"  PR AUC           {ci(m['pr_auc'])}",
              f"  Brier            {ci(m['brier'])}",
