@@ -15,7 +15,7 @@ import sys
 import click
 
 from edgeskin import __version__
-from edgeskin.cli_views import app, explain, friendly, web
+from edgeskin.cli_views import app, explain, friendly, quiet_tensorflow, web
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -105,6 +105,7 @@ def train(data, out, resume_dir, overwrite, **flags):
 
     A stopped run goes on with: ./run.sh train --resume runs/multi
     """
+    quiet_tensorflow()
     from edgeskin.training.train import resume, train as run_training
 
     if bool(data) == bool(resume_dir):
@@ -230,6 +231,7 @@ def export(source, quantization, out, representative_images, max_auc_drop, min_d
     """
     from pathlib import Path
 
+    quiet_tensorflow()
     from edgeskin.training.export import ExportOptions, export as run_export
 
     folder = Path(source) if Path(source).is_dir() else Path(source).parent

@@ -28,6 +28,18 @@ def friendly(fn):
     return wrapper
 
 
+def quiet_tensorflow():
+    """Load TensorFlow with its start-up lines (absl's, oneDNN's) hidden, unless --verbose asked for them.
+
+    TensorFlow prints them from C++ before any log level applies, so the
+    only way to hide them is to hide the process's stderr while it loads.
+    """
+    from edgeskin.runtime.classifier import quiet_native_stderr
+
+    with quiet_native_stderr():
+        import tensorflow  # noqa: F401
+
+
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,

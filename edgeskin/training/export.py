@@ -179,9 +179,11 @@ def build_info(run: dict, options: ExportOptions, image_size: int, points, check
         "operating_points": {k: v.to_dict() for k, v in points.items()},
         "default_operating_point": calibration.DEFAULT_OPERATING_POINT,
         "operating_points_chosen_on": cal.get("chosen_on", "validation split"),
-        "training": {"data": config["data"], "counts": config["counts"], "notes": config.get("notes", []),
+        "training": {"data": " + ".join(Path(d).name for d in config["data"].split(" + ")), "counts": config["counts"],
+                     "sources": config.get("sources"), "notes": config.get("notes", []),
                      "seed": config["options"]["seed"], "command": config.get("command"),
-                     "seconds": config.get("seconds")},
+                     "seconds": config.get("seconds"),
+                     "options": {"model": config["options"]["model"], "fine_tune_from": config["options"]["fine_tune_from"]}},
         "checks": checks,
         "created": time.strftime("%Y-%m-%d"),
     }
