@@ -285,12 +285,21 @@ def _domain_head(source: Path, serving, splits, x_pool, log):
     return head, "at export, from the run's splits.csv"
 
 
-def _usable_checks(p_ood: np.ndarray, qualities, fitted: str) -> dict:
-    """Pass rates of the exported usable head on the calibration pool, per JPEG quality."""
-    blocks = np.array_split(p_ood < 0.5, max(1, len(qualities)))
+def _usable_entry(p_ood: np.ndarray, qualities, fitted: str) -> dict:
+    """The usable head's metadata: its threshold on the out_of_domain probability, and its pass rates.
+
+    The threshold stays 0.5, where the graph puts the fitted score's limit.
+    Re-choosing it on the int8 outputs does not work: the converter's
+    ranges come from in-domain images only, so the head's output saturates
+    (about 0.8 for the shipped model) for in-domain outliers and for junk
+    alike, and a threshold above the ceiling would never flag anything.
+    """
+    passed = p_ood < 0.5
+    blocks = np.array_split(passed, max(1, len(qualities)))
     per_quality = {f"q{q}": float(b.mean()) for q, b in zip(qualities, blocks)} if qualities else {}
-    return {"calibration_pass_rate": float(np.mean(p_ood < 0.5)), "calibration_pass_rate_by_quality": per_quality,
-            "calibration_images": int(len(p_ood)), "fitted": fitted}
+    checks = {"calibration_pass_rate": float(passed.mean()), "calibration_pass_rate_by_quality": per_quality,
+              "out_of_domain_ceiling": float(p_ood.max()), "calibration_images": int(len(p_ood)), "fitted": fitted}
+    return {"labels": list(domain_lib.USABLE_LABELS), "threshold": 0.5, "checks": checks}
 
 
 def _representative(splits, size: int, options: ExportOptions) -> np.ndarray:
@@ -330,8 +339,7 @@ def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> 
     info = {**build_info(run, options, size, points, checks, platt, names), "gate": _gate(source, splits, size, log)}
     if "out_of_domain" in heads:
         qualities = run["calibration"].get("calibration_qualities", [])
-        info["usable"] = {"labels": list(domain_lib.USABLE_LABELS), "threshold": 0.5,
-                          "checks": _usable_checks(heads["out_of_domain"], qualities, fitted)}
+        info["usable"] = _usable_entry(heads["out_of_domain"], qualities, fitted)
     final = metadata.embed_for_apps(tflite, info)
     # A failed model never replaces a good one: it is kept aside instead.
     target = out if checks["passed"] else out.with_name(out.stem + ".failed.tflite")
