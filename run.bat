@@ -14,6 +14,7 @@ if /I "%~1"=="test" set EXTRAS=[train,app,test]
 if /I "%~1"=="app" set EXTRAS=[train,app]
 if /I "%~1"=="predict" set EXTRAS=
 if /I "%~1"=="calibrate" set EXTRAS=
+if /I "%~1"=="web" set EXTRAS=
 if "%~1"=="" set EXTRAS=
 if "%EXTRAS%"=="" (set STAMP=%VENV%\.installed-runtime) else (set STAMP=%VENV%\.installed%EXTRAS:,=-%)
 if not exist "%STAMP%" (
@@ -25,6 +26,9 @@ if "%KERAS_HOME%"=="" (set CACHE=%USERPROFILE%\.keras\models) else (set CACHE=%K
 if exist "..\shared\weights\%WEIGHTS%" if not exist "%CACHE%\%WEIGHTS%" (
     mkdir "%CACHE%" 2>nul
     copy /Y "..\shared\weights\%WEIGHTS%" "%CACHE%\" >nul
+)
+if /I "%~1"=="web" if not exist "web\node_modules" (
+    call npm ci --prefix web --no-audit --no-fund --loglevel=error || exit /b 1
 )
 if /I "%~1"=="test" (
     if not exist "%~dp0.venv-mediapipe\.installed" (
