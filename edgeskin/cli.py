@@ -111,9 +111,7 @@ def train(data, out, resume_dir, overwrite, **flags):
     if bool(data) == bool(resume_dir):
         raise click.UsageError("give DATA to start a run, or --resume RUN to continue one (not both)")
     if resume_dir:
-        # Only a flag given on this command line changes the stopped run's schedule; the rest are its own.
-        given = {k: flags[k] for k in ("fine_tune_epochs", "time_budget")
-                 if click.get_current_context().get_parameter_source(k).name == "COMMANDLINE"}
+        given = _given(flags, "fine_tune_epochs", "time_budget")
         result = resume(resume_dir, log=click.echo, fine_tune_epochs=given.get("fine_tune_epochs"),
                         time_budget_minutes=given.get("time_budget"), distribute_as=flags["distribute"])
     else:
@@ -151,6 +149,12 @@ def small_data_hint(data, val_fraction: float) -> str:
     more = " and ".join(f"{need - n} more {name}" for name, n in counts.items() if n < need)
     raise_to = f"--val-fraction {fraction:.2f} would work, or " if fraction <= 0.5 else ""
     return f"{raise_to}at --val-fraction {val_fraction:g} the data needs {more} images"
+
+
+def _given(flags: dict, *names: str) -> dict:
+    """The flags typed on this command line: only they change a stopped run's schedule; the rest are its own."""
+    ctx = click.get_current_context()
+    return {k: flags[k] for k in names if ctx.get_parameter_source(k).name == "COMMANDLINE"}
 
 
 def _train_options(seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,

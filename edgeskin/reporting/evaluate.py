@@ -173,6 +173,15 @@ def _gate_report(found: dict | None, samples, y, p, thresholds: dict, n_boot: in
     return out
 
 
+def _add_gate(result: dict, gate: dict | None, found, sets, n_boot: int) -> None:
+    """The primary set's full gate report, and every set's share set aside by reason."""
+    if gate is None:
+        return
+    result["gate"] = metrics.json_safe(gate)
+    for st in sets:
+        result["sets"][st.name]["gate"] = _gate_report(found, st.samples, st.y, None, {}, n_boot, full=False)
+
+
 def evaluate(model, source, out, threshold: float | None = None, compare=None, n_boot: int = 1000,
              progress=None, run_dir=None, robust: bool = True) -> dict:
     """Score model (and optionally compare) on source and write everything to out.
@@ -209,10 +218,7 @@ def evaluate(model, source, out, threshold: float | None = None, compare=None, n
             m["figures"].append(str(figures.robustness(rows, staging / "figures" / "robustness.png").relative_to(staging)))
         result = {**_result(scorer, first.desc, m, cmp, compare, rows, cmp_rows), "bootstrap": n_boot}
         _add_sets(result, sets, scorer, other, m, cmp, threshold, n_boot, staging)
-        if gate is not None:
-            result["gate"] = metrics.json_safe(gate)
-            for st in sets:  # every set's share set aside, by reason
-                result["sets"][st.name]["gate"] = _gate_report(found, st.samples, st.y, None, {}, n_boot, full=False)
+        _add_gate(result, gate, found, sets, n_boot)
         _write_outputs(staging, out, first, result, scorer, _run_records(run))
     return result
 
