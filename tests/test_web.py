@@ -394,8 +394,12 @@ def test_usable_head_replaces_the_distance(phone):
             verdicts: [verdict(null), verdict({usable: 0.2, out_of_domain: 0.8}), verdict({usable: 0.9})],
             noise: [reasons(noise, undefined), reasons(noise, false)],
             skin: [reasons(skin, undefined), reasons(skin, true)],
+            flat: [reasons(new Uint8Array(224 * 224 * 3).fill(128), true),
+                   reasons(new Uint8Array(224 * 224 * 3).fill(128), undefined)],
         };
     }""", pictures)
     assert out["verdicts"] == [None, True, False]  # undefined comes back as None
     assert out["noise"] == [["out_of_domain"], []]  # the head's "usable" overrules the distance
     assert out["skin"] == [[], ["out_of_domain"]]
+    # As predict: the head's verdict stands beside a failed quality check; the distance only when nothing else failed.
+    assert out["flat"] == [["nearly_uniform", "out_of_domain"], ["nearly_uniform"]]

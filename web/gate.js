@@ -188,7 +188,8 @@ export function domainDistance(gate, rgb, size) {
 /**
  * Why the image cannot be judged; [] when it can (Gate.reasons). width and
  * height are the upright image's before the crop. outOfDomain, when given,
- * is a model's own `usable` head's verdict and replaces the distance.
+ * is a model's own `usable` head's verdict: it replaces the distance and is
+ * reported beside any failed quality check, as `edgeskin predict` does.
  */
 export function gateReasons(gate, width, height, rgb, size, outOfDomain = undefined) {
   if (!gate) return outOfDomain ? ['out_of_domain'] : [];
@@ -200,9 +201,12 @@ export function gateReasons(gate, width, height, rgb, size, outOfDomain = undefi
   if (s.overexposed > gate.max_overexposed) out.push('overexposed');
   if (s.underexposed > gate.max_underexposed) out.push('underexposed');
   if (s.sharpness < gate.min_sharpness && !out.includes('nearly_uniform')) out.push('too_blurred');
-  if (out.length === 0) {
-    const away = outOfDomain !== undefined ? outOfDomain : domainDistance(gate, rgb, size) > gate.max_distance;
-    if (away) out.push('out_of_domain');
+  // As Classifier._reasons: a model's own head speaks beside the quality checks;
+  // the pixel distance, a weaker judge, only when nothing else is wrong.
+  if (outOfDomain !== undefined) {
+    if (outOfDomain) out.push('out_of_domain');
+  } else if (out.length === 0 && domainDistance(gate, rgb, size) > gate.max_distance) {
+    out.push('out_of_domain');
   }
   return out;
 }
