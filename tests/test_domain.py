@@ -42,6 +42,27 @@ def test_a_head_saves_and_loads(tmp_path):
     assert not list(tmp_path.glob("*.tmp*"))
 
 
+def test_the_limit_moves_to_where_the_file_lets_the_pool_through():
+    rng = np.random.default_rng(4)
+    head, _ = domain.fit(_pair(rng, 600), _pair(rng, 400))
+    early, late = _pair(rng, 2000)
+    scores = head.score(early, late)
+    # A file whose scores spread wider than the float ones, as int8 features do: too much is set aside.
+    noisy = scores * np.exp(rng.normal(0, 0.15, len(scores)))
+    p_file = 1.0 / (1.0 + np.exp(-(noisy - head.threshold) * head.gain))
+    p_file = np.round(p_file * 256) / 256  # the uint8 output's steps
+    assert np.mean(p_file < 0.5) < domain.DOMAIN_PASS - 0.01
+    assert np.allclose(domain.scores_of(head, p_file)[np.abs(p_file - 0.5) < 0.3],
+                       noisy[np.abs(p_file - 0.5) < 0.3], rtol=0.01)
+    moved = domain.threshold_for_file(head, p_file)
+    assert moved.threshold > head.threshold and moved.gain * moved.threshold == pytest.approx(domain.GAIN_WIDTHS)
+    p_moved = 1.0 / (1.0 + np.exp(-(noisy - moved.threshold) * moved.gain))
+    assert np.mean(p_moved < 0.5) == pytest.approx(domain.DOMAIN_PASS, abs=0.002)
+    assert domain.threshold_for_file(moved, p_moved) is None  # already there: nothing to move
+    far = domain.farthest(p_file, 5)
+    assert list(far) == list(np.argsort(-p_file, kind="stable")[:5]) and p_file[far[0]] == p_file.max()
+
+
 @pytest.mark.slow
 def test_the_graph_head_computes_what_numpy_does(tiny_run):
     from edgeskin.training import model as model_lib
@@ -72,6 +93,9 @@ def test_the_exported_file_carries_the_usable_head(tiny_run):
     assert clf._interpreter.get_input_details()[0]["shape_signature"][0] == 1  # batch fixed for strict clients
     checks = clf.info["usable"]["checks"]
     assert checks["calibration_pass_rate"] >= 0.95 and set(checks["calibration_pass_rate_by_quality"]) == {"q95", "q75", "q50"}
+    # The limit is where the file itself lets the pool through, moved from the float fit's when needed.
+    assert checks["calibration_pass_rate"] == pytest.approx(domain.DOMAIN_PASS, abs=0.02)
+    assert checks["float_score_limit"] > 0 and checks["score_limit"] > 0 and 0 <= checks["pass_rate_at_float_limit"] <= 1
     # The runtime reads the head on every image; with the pixel gate's distance switched off, out_of_domain
     # comes from the head alone (the shipped model's behaviour on real junk: tests/test_shipped.py).
     noise = Image.fromarray(np.random.default_rng(3).integers(0, 256, (64, 64, 3), dtype=np.uint8))

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import socket
 import subprocess
 import sys
@@ -178,22 +179,6 @@ def test_mirrored_training_on_two_logical_cpus(tiny_data, tiny_weights, tmp_path
     assert (tmp_path / "run" / "model.keras").is_file()
 
 
-@pytest.mark.slow
-def test_two_workers_train_one_network_and_the_chief_alone_writes(tiny_data, tiny_weights, tmp_path):
-    ports = _free_ports(2)
-    cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    # Each worker is told a different run folder: the chief's must be written, the other's never.
-    procs = [_worker(["multi-worker", tiny_data, tmp_path / f"run{k}", tiny_weights],
-                     {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": k}})})
-             for k in range(2)]
-    logs = _finish(procs)
-    assert all("multi-worker: 2 replicas, global batch 8" in log for log in logs)
-    assert _fingerprint(logs[0]) == _fingerprint(logs[1])
-    assert json.loads((tmp_path / "run0" / "config.json").read_text())["finished"]
-    assert (tmp_path / "run0" / "model.keras").is_file() and (tmp_path / "run0" / "calibration.json").is_file()
-    assert not (tmp_path / "run1").exists()
-
-
 def test_a_streamed_set_fits_the_gate_on_a_fixed_sample(monkeypatch):
     samples = tuple(range(50))  # gate_samples only picks; any items do
     monkeypatch.setattr(streaming, "GATE_SAMPLE", 20)
@@ -203,25 +188,36 @@ def test_a_streamed_set_fits_the_gate_on_a_fixed_sample(monkeypatch):
     assert streaming.gate_samples(samples, replace(options, input="memory")) == samples
 
 
+def _snapshot(folder: Path) -> dict:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
 @pytest.mark.slow
-def test_two_workers_resume_a_stopped_run(tiny_data, tiny_weights, tmp_path):
-    run = tmp_path / "run"
+def test_two_workers_resume_a_stopped_run_as_one_network_and_the_chief_alone_writes(tiny_data, tiny_weights, tmp_path):
+    # One test for both: two-worker training costs minutes on two cores, and a resume is a full training.
+    run, other = tmp_path / "run", tmp_path / "other"
     stopped = _worker(["none", tiny_data, run, tiny_weights, "--die-after-epoch", 1])
     assert stopped.wait(timeout=400) == 3, stopped.communicate()[0][-3000:]
     assert json.loads((run / "checkpoint" / "state.json").read_text())["epoch"] == 1
+    # The second worker reads its own copy of the stopped run, as from a cluster's shared storage: it must
+    # read the checkpoint there and write nothing back.
+    shutil.copytree(run, other)
+    before = _snapshot(other)
     ports = _free_ports(2)
     cluster = {"worker": [f"127.0.0.1:{p}" for p in ports]}
-    # The run folder is shared, as on a cluster's shared storage: both workers read its checkpoint.
-    logs = _finish([_worker(["multi-worker", tiny_data, run, tiny_weights, "--resume"],
+    logs = _finish([_worker(["multi-worker", tiny_data, folder, tiny_weights, "--resume"],
                             {"TF_CONFIG": json.dumps({"cluster": cluster, "task": {"type": "worker", "index": k}})})
-                    for k in range(2)])
+                    for k, folder in enumerate((run, other))])
+    assert all("multi-worker: 2 replicas, global batch 8" in log for log in logs)
     assert all("resuming fine-tuning after epoch 1" in log for log in logs)
-    assert _fingerprint(logs[0]) == _fingerprint(logs[1])
+    assert _fingerprint(logs[0]) == _fingerprint(logs[1])  # one network, trained together
     config = json.loads((run / "config.json").read_text())
     assert config["finished"] and config["options"]["distribute"] == "none"  # as started; resumed distributed
+    assert (run / "model.keras").is_file() and (run / "calibration.json").is_file()
     history = (run / "history.csv").read_text().splitlines()
     assert [line.split(",")[:2] for line in history if line.startswith("fine_tune")] == [["fine_tune", "1"], ["fine_tune", "2"]]
     assert not (run / "checkpoint").exists()
+    assert _snapshot(other) == before  # the non-chief wrote nothing
 
 
 def test_a_single_process_in_memory_run_keeps_its_keras_batches(both_paths):

@@ -26,7 +26,7 @@ difference of large sums, so the int8 model keeps its precision.
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -131,6 +131,38 @@ def fit(train: tuple[np.ndarray, np.ndarray], pool: tuple[np.ndarray, np.ndarray
              "calibration_pass_rate": float(np.mean(head.score(*pool) < threshold)),
              "training_images": int(len(train[1])), "calibration_images": int(len(pool[1]))}
     return head, rates
+
+
+def with_threshold(head: DomainHead, threshold: float) -> DomainHead:
+    """The same head with its limit moved; the gain keeps one threshold's width at GAIN_WIDTHS of logit."""
+    return replace(head, threshold=float(threshold), gain=GAIN_WIDTHS / float(threshold))
+
+
+def scores_of(head: DomainHead, p_out_of_domain: np.ndarray) -> np.ndarray:
+    """The score each out_of_domain probability stands for: the inverse of the graph's logistic."""
+    p = np.clip(np.asarray(p_out_of_domain, np.float64), 1e-6, 1 - 1e-6)
+    return head.threshold + np.log(p / (1 - p)) / head.gain
+
+
+def threshold_for_file(head: DomainHead, p_out_of_domain: np.ndarray, pass_rate: float = DOMAIN_PASS,
+                       tolerance: float = 0.003) -> DomainHead | None:
+    """The head with its limit where the exported file itself lets pass_rate of the pool through; None if it does.
+
+    int8 features are noisy (the whitened directions amplify the noise), so
+    the file's scores spread wider than the float ones and a float-fitted
+    limit sets aside more of the pool than it should. The file's own
+    probabilities on the pool map back to scores, and the limit moves to
+    their pass_rate quantile.
+    """
+    p = np.asarray(p_out_of_domain, np.float64)
+    if abs(float(np.mean(p < 0.5)) - pass_rate) <= tolerance:
+        return None
+    return with_threshold(head, float(np.quantile(scores_of(head, p), pass_rate)))
+
+
+def farthest(p_out_of_domain: np.ndarray, count: int) -> np.ndarray:
+    """Indices of the count images the head finds least usable, most first (ties in order)."""
+    return np.argsort(-np.asarray(p_out_of_domain), kind="stable")[:count]
 
 
 def _branch_layers(keras, name: str, f, branch: Branch, scale: float):

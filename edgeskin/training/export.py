@@ -250,13 +250,14 @@ def _diagnosis_prior(serving, outputs, splits, run: dict, diagnoses, log):
     return outputs, {**fit, "log_prior": [float(v) for v in log_prior]}
 
 
-def _diagnosis_checks(dx_float, dx_new, splits, run: dict, diagnoses) -> dict:
-    """How often the exported diagnosis head names the float model's top diagnosis,
-    and its balanced accuracy on the calibration pool's images that have a diagnosis."""
+def _diagnosis_checks(dx_float, dx_new, splits, run: dict, diagnoses, checks: dict, options: ExportOptions) -> dict:
+    """How often the exported diagnosis head names the float model's top diagnosis (the export fails below
+    options.min_diagnosis_agreement), and its balanced accuracy on the pool's images that have a diagnosis."""
     report = diagnosis_report(dx_new, _pool_dx_index(splits, run, diagnoses))
-    return {"diagnosis_top1_agreement": float(np.mean(np.argmax(dx_float, 1) == np.argmax(dx_new, 1))),
-            "diagnosis_balanced_accuracy": report["balanced_accuracy"],
-            "diagnosis_top3_accuracy": report["top3_accuracy"]}
+    agreement = float(np.mean(np.argmax(dx_float, 1) == np.argmax(dx_new, 1)))
+    return {"diagnosis_top1_agreement": agreement, "min_diagnosis_agreement": options.min_diagnosis_agreement,
+            "passed": checks["passed"] and agreement >= options.min_diagnosis_agreement,
+            "diagnosis_balanced_accuracy": report["balanced_accuracy"], "diagnosis_top3_accuracy": report["top3_accuracy"]}
 
 
 def _gate(source: Path, splits, size: int, log) -> dict:
@@ -272,38 +273,69 @@ def _gate(source: Path, splits, size: int, log) -> dict:
     return {**gate.to_dict(), "checks": {**rates, "fitted": "at export, from the run's splits.csv"}}
 
 
-def _domain_head(source: Path, serving, splits, x_pool, log):
-    """The run's in-model gate: saved by train, or fitted here the same way for older runs."""
-    from edgeskin.training import domain
+class _UsableHead:
+    """The in-model gate through an export: its head, the model it is attached to, and the file's own limit."""
 
-    run_dir = source if source.is_dir() else source.parent
-    saved = run_dir / domain.DOMAIN_FILE
-    if saved.is_file():
-        return domain.DomainHead.load(saved), "at training time"
-    log("fitting the in-model gate on the run's training images (the run predates it)")
-    head, _ = domain.fit_on_images(serving, splits.train, x_pool)
-    return head, "at export, from the run's splits.csv"
+    # The pool's least usable images join the converter's representative set:
+    # with in-domain images alone the score's int8 range ended near the limit,
+    # and the out_of_domain probability could not rise far past 0.5 (0.805 was
+    # the ceiling of an earlier export), whatever the image.
+    RANGE_SHARE = 0.03
+
+    def __init__(self, head, base, fitted: str):
+        self.head, self.base, self.fitted, self.float_threshold = head, base, fitted, head.threshold
+        self.attached, self.pass_rate_before = domain_lib.attach(base, head), None
+
+    @classmethod
+    def of(cls, source: Path, serving, splits, x_pool, log) -> "_UsableHead":
+        """The run's head: saved by train, or fitted here the same way for older runs."""
+        saved = (source if source.is_dir() else source.parent) / domain_lib.DOMAIN_FILE
+        if saved.is_file():
+            return cls(domain_lib.DomainHead.load(saved), serving, "at training time")
+        log("fitting the in-model gate on the run's training images (the run predates it)")
+        return cls(domain_lib.fit_on_images(serving, splits.train, x_pool)[0], serving, "at export, from the run's splits.csv")
+
+    def range_images(self, x_pool, options: ExportOptions) -> np.ndarray:
+        p = self.attached.predict(x_pool, batch_size=64, verbose=0)[-1][:, 1]
+        count = max(1, int(round(self.RANGE_SHARE * options.representative_images)))
+        return x_pool[np.sort(domain_lib.farthest(p, count))]
+
+    def settle_on_file(self, tflite: bytes, heads: dict, convert, score, log, rounds: int = 2):
+        """Move the graph's limit until the file itself lets DOMAIN_PASS of the pool through (domain.threshold_for_file)."""
+        self.pass_rate_before = float(np.mean(heads["out_of_domain"] < 0.5))
+        for _ in range(rounds):
+            moved = domain_lib.threshold_for_file(self.head, heads["out_of_domain"])
+            if moved is None:
+                break
+            before = float(np.mean(heads["out_of_domain"] < 0.5))
+            log(f"usable head: the file lets {before:.1%} of the pool through; its limit moves "
+                f"{self.head.threshold:.4g} -> {moved.threshold:.4g}")
+            self.head, self.attached = moved, domain_lib.attach(self.base, moved)
+            tflite = convert(self.attached)
+            heads = score(tflite)
+        return tflite, heads
 
 
-def _usable_entry(p_ood: np.ndarray, qualities, fitted: str) -> dict:
+def _usable_entry(p_ood: np.ndarray, qualities, usable: _UsableHead) -> dict:
     """The usable head's metadata: its threshold on the out_of_domain probability, and its pass rates.
 
-    The threshold stays 0.5, where the graph puts the fitted score's limit.
-    Re-choosing it on the int8 outputs does not work: the converter's
-    ranges come from in-domain images only, so the head's output saturates
-    (about 0.8 for the shipped model) for in-domain outliers and for junk
-    alike, and a threshold above the ceiling would never flag anything.
+    The threshold stays 0.5, where the graph puts the limit, so a client that
+    takes the larger of the two scores (MediaPipe) reads the same verdict.
     """
     passed = p_ood < 0.5
     blocks = np.array_split(passed, max(1, len(qualities)))
     per_quality = {f"q{q}": float(b.mean()) for q, b in zip(qualities, blocks)} if qualities else {}
     checks = {"calibration_pass_rate": float(passed.mean()), "calibration_pass_rate_by_quality": per_quality,
-              "out_of_domain_ceiling": float(p_ood.max()), "calibration_images": int(len(p_ood)), "fitted": fitted}
+              "out_of_domain_ceiling": float(p_ood.max()), "calibration_images": int(len(p_ood)),
+              "fitted": usable.fitted, "float_score_limit": usable.float_threshold, "score_limit": usable.head.threshold,
+              "pass_rate_at_float_limit": usable.pass_rate_before if usable.pass_rate_before is not None
+              else float(passed.mean())}
     return {"labels": list(domain_lib.USABLE_LABELS), "threshold": 0.5, "checks": checks}
 
 
 def _representative(splits, size: int, options: ExportOptions) -> np.ndarray:
-    """The images the converter calibrates its int8 ranges on: a seeded draw from the training split."""
+    """The images the converter calibrates its int8 ranges on: a seeded draw from the training split
+    (with the usable head, a few of the pool's least usable images join them: _UsableHead.range_images)."""
     pick = np.random.default_rng(options.seed).permutation(len(splits.train))[: options.representative_images]
     return sets.load_images([splits.train[i] for i in sorted(pick)], size)
 
@@ -323,23 +355,25 @@ def export(source, out, options: ExportOptions = ExportOptions(), log=print) -> 
     outputs, prior = serving.predict(x_val, batch_size=64, verbose=0), None
     if diagnoses:
         outputs, prior = _diagnosis_prior(serving, outputs, splits, run, diagnoses, log)
-    if options.usable_head:
-        head, fitted = _domain_head(source, serving, splits, x_val, log)
-        serving, names = domain_lib.attach(serving, head), names + [metadata.USABLE]
-    log(f"converting to {options.quantization} ({len(representative)} representative training images)")
+    usable = _UsableHead.of(source, serving, splits, x_val, log) if options.usable_head else None
+    if usable:
+        serving, names = usable.attached, names + [metadata.USABLE]
+        representative = np.concatenate([representative, usable.range_images(x_val, options)])
+    log(f"converting to {options.quantization} ({len(representative)} representative images)")
     tflite = _outputs_in_model_order(_convert(serving, options, representative))
     p_float = np.asarray(outputs[0] if isinstance(outputs, list) else outputs)[:, 1].astype(np.float64)
     heads = _raw_scores(tflite, x_val, names, diagnoses)
+    if usable and options.quantization == "int8":
+        tflite, heads = usable.settle_on_file(tflite, heads, lambda m: _outputs_in_model_order(
+            _convert(m, options, representative)), lambda t: _raw_scores(t, x_val, names, diagnoses), log)
     checks, points, platt = _check(p_float, heads["malignant"], y_val, options)
     if "diagnosis" in heads:
-        checks.update(_diagnosis_checks(outputs[1], heads["diagnosis"], splits, run, diagnoses))
-        checks["min_diagnosis_agreement"] = options.min_diagnosis_agreement
-        checks["passed"] = checks["passed"] and checks["diagnosis_top1_agreement"] >= options.min_diagnosis_agreement
-        checks["diagnosis_prior_weight"] = prior
+        checks.update(_diagnosis_checks(outputs[1], heads["diagnosis"], splits, run, diagnoses, checks, options),
+                      diagnosis_prior_weight=prior)
     info = {**build_info(run, options, size, points, checks, platt, names), "gate": _gate(source, splits, size, log)}
     if "out_of_domain" in heads:
         qualities = run["calibration"].get("calibration_qualities", [])
-        info["usable"] = _usable_entry(heads["out_of_domain"], qualities, fitted)
+        info["usable"] = _usable_entry(heads["out_of_domain"], qualities, usable)
     final = metadata.embed_for_apps(tflite, info)
     # A failed model never replaces a good one: it is kept aside instead.
     target = out if checks["passed"] else out.with_name(out.stem + ".failed.tflite")
