@@ -39,10 +39,10 @@ if [ -d "$run/audit" ]; then
 fi
 .venv/bin/python - "$run" <<'PY'
 import sys
-from edgeskin import data
+from edgeskin.data import sets
 # Re-written relative to models/training, so the record of the split travels with the model.
-splits = data.discover(f"{sys.argv[1]}/splits.csv")
-data.write_manifest("models/training/splits.csv", {"train": splits.train, "val": splits.val})
+splits = sets.discover(f"{sys.argv[1]}/splits.csv")
+sets.write_manifest("models/training/splits.csv", {"train": splits.train, "val": splits.val})
 PY
 rm -rf models/figures
 $edgeskin evaluate models/edgeskin_int8.tflite "${sets[@]}" --out models --compare "$compare" --run models/training
