@@ -44,6 +44,10 @@ def test_evaluate_writes_every_file_and_agrees_with_predict(tiny_run, tmp_path):
     # The card carries the numbers of metrics.json.
     card = (out / "MODEL_CARD.md").read_text()
     assert f"{m['roc_auc']['value']:.3f}" in card and "not a diagnosis" in card
+    # Its gate section tells the model's own usable head, with the pass rate the export measured on the file.
+    usable = json.loads(tiny_run["tflite"].with_suffix(".json").read_text())["usable"]["checks"]
+    assert "third output, `usable`" in card
+    assert f"The file itself lets {usable['calibration_pass_rate']:.1%} of the calibration pool" in card
     # The AUC agrees with one computed independently from `predict --json`.
     p = CliRunner().invoke(main, ["predict", str(tiny_run["data"] / "test"), "--model", str(tiny_run["tflite"]), "--json"])
     rows = [json.loads(line) for line in p.output.splitlines()]

@@ -209,9 +209,7 @@ def _gate(result: dict, info: dict) -> list[str]:
         f"(luma s.d. under {gate['min_contrast']:.2f}), overexposed or underexposed (over {gate['max_overexposed']:.3f} / "
         f"{gate['max_underexposed']:.3f} of pixels clipped), too blurred (Laplacian variance under {gate['min_sharpness']:.2f}); "
         f"each limit is the {QUALITY_TAIL:.1%} tail of the training images' own statistics (stored and re-encoded at "
-        "JPEG q75), size and aspect half the smallest and twice the widest seen. Domain: the Mahalanobis distance of "
-        f"{len(gate['mean'])} colour and texture statistics from the training images, over {gate['max_distance']:.2f} = "
-        f"{DOMAIN_PASS:.1%} of the calibration pool.",
+        "JPEG q75), size and aspect half the smallest and twice the widest seen. " + _domain_sentence(gate, info),
     ]
     if checks:
         lines.append(f"- Pass rates where it was fitted ({checks.get('fitted', '')}): training images "
@@ -224,6 +222,26 @@ def _gate(result: dict, info: dict) -> list[str]:
                      + (f"; ROC AUC on the rest {_ci(g['usable_metrics']['roc_auc'])}, on all images "
                         f"{_ci(result['metrics']['roc_auc'])}." if g.get("usable_metrics") else "."))
     return lines
+
+
+def _domain_sentence(gate: dict, info: dict) -> str:
+    from edgeskin.runtime.gate import DOMAIN_PASS
+
+    usable = info.get("usable")
+    if not usable:
+        return (f"Domain: the Mahalanobis distance of {len(gate['mean'])} colour and texture statistics from the "
+                f"training images, over {gate['max_distance']:.2f} = {DOMAIN_PASS:.1%} of the calibration pool.")
+    c = usable["checks"]
+    by_quality = ", ".join(f"{q} {r:.1%}" for q, r in c.get("calibration_pass_rate_by_quality", {}).items())
+    moved = (f"; the float fit's limit let {c['pass_rate_at_float_limit']:.1%} through the file, so the limit moved "
+             f"{c['float_score_limit']:.3g} -> {c['score_limit']:.3g}" if "score_limit" in c
+             and abs(c["score_limit"] - c["float_score_limit"]) > 1e-9 else "")
+    return ("Domain: the model's own third output, `usable` (`[usable, out_of_domain]`), from what the network sees "
+            "(block 6's activation off its training subspace, and a distance in the pooled features' whitened "
+            f"subspace), fitted {c.get('fitted', '')}; out_of_domain at or over {usable['threshold']:.2f} sets the "
+            f"image aside. The file itself lets {c['calibration_pass_rate']:.1%} of the calibration pool's "
+            f"{c['calibration_images']} images through ({by_quality}){moved}; its out_of_domain output reaches "
+            f"{c['out_of_domain_ceiling']:.3f} at most.")
 
 
 def _figures(result: dict, figure_dir: str) -> list[str]:
