@@ -98,6 +98,30 @@ def measure(name: str, model: Path, images: list[Path], runs: int) -> dict:
     return out
 
 
+def _paired(a: Path, b: Path, runs: int) -> int:
+    import numpy as np
+
+    from edgeskin.runtime.classifier import _interpreter_class
+
+
+    for threads in (1, 2):
+        its = {m: _interpreter_class()(model_path=str(m), num_threads=threads) for m in (a, b)}
+        for it in its.values():
+            it.allocate_tensors()
+            it.set_tensor(it.get_input_details()[0]["index"], np.zeros(it.get_input_details()[0]["shape"], np.uint8))
+            it.invoke()
+        times = {m: [] for m in (a, b)}
+        for _ in range(runs):
+            for m, it in its.items():
+                t = time.perf_counter()
+                it.invoke()
+                times[m].append(time.perf_counter() - t)
+        pa, pb = (1000 * float(np.median(times[m])) for m in (a, b))
+        print(f"{threads} thread(s), {runs} interleaved runs each: p50 {a.name} {pa:.3f} ms, {b.name} {pb:.3f} ms, "
+              f"ratio {pa / pb:.3f}")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "isic-binary" / "test")
@@ -106,7 +130,12 @@ def main(argv=None) -> int:
     parser.add_argument("--one", nargs=2, metavar=("NAME", "MODEL"), help=argparse.SUPPRESS)
     parser.add_argument("--extra", nargs=2, action="append", default=[], metavar=("NAME", "MODEL"),
                         help="Another model to measure beside the defaults.")
+    parser.add_argument("--paired", nargs=2, metavar=("MODEL_A", "MODEL_B"),
+                        help="Only the p50 latency ratio of two models, their invocations interleaved in one process "
+                             "so that the machine's drift falls on both alike (for a cost smaller than that drift).")
     args = parser.parse_args(argv)
+    if args.paired:
+        return _paired(*map(Path, args.paired), args.runs)
 
     from edgeskin.runtime.imageio import find_images
 
