@@ -29,7 +29,7 @@ def rows(models: Path) -> list[tuple[str, str, float, float, bool]]:
     point = m["thresholds"]["screening"]
     out += [("ham10000 test ROC AUC >= 0.92", _v(m["roc_auc"]), m["roc_auc"]["value"], 0.92, True),
             ("ham10000 screening sensitivity >= 0.90", _v(point["sensitivity"]), point["sensitivity"]["value"], 0.90, True),
-            ("ham10000 screening specificity >= 0.70", _v(point["specificity"]), point["specificity"]["value"], 0.70, True)]
+            ("ham10000 screening specificity >= 0.65", _v(point["specificity"]), point["specificity"]["value"], 0.65, True)]
     dx = ham["diagnosis"]
     mel = dx["per_class"]["mel"]["recall"]
     out += [("ham10000 diagnosis balanced accuracy >= 0.70", _v(dx["balanced_accuracy"]), dx["balanced_accuracy"]["value"],

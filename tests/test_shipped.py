@@ -148,11 +148,11 @@ def test_shipped_gate_lets_the_test_lesions_through():
     share = np.mean([bool(clf.reasons(im.size, to_model_input(im, clf.image_size))) for im in stored])
     q75 = [perturb.reencode(im, 75) for im in stored]
     share75 = np.mean([bool(clf.reasons(im.size, to_model_input(im, clf.image_size))) for im in q75])
-    # What the model card publishes, recomputed (the gate issue's bar, at most 2%, is missed: 5.8%, see the
-    # README), and a phone's q75 re-encode moves it by little.
+    # What the model card publishes, recomputed, and the gate issue's bars: at most 2% of the test lesions
+    # set aside, at most 3% once a phone's q75 re-encode has been through them.
     published = json.loads((MODELS / "metrics.json").read_text())["sets"]["isic-binary"]["gate"]
     assert abs(share - published["share_set_aside"]) <= 1.5 / len(stored), (share, published)
-    assert share75 <= share + 0.03, (share, share75)
+    assert share <= 0.02 and share75 <= 0.03, (share, share75)
 
 
 def _recomputed() -> dict:

@@ -212,7 +212,7 @@ def _gate(result: dict, info: dict) -> list[str]:
         "JPEG q75), size and aspect half the smallest and twice the widest seen. " + _domain_sentence(gate, info),
     ]
     if checks:
-        lines.append(f"- Pass rates where it was fitted ({checks.get('fitted', '')}): training images "
+        lines.append(f"- The quality checks' and pixel distance's pass rates where they were fitted ({checks.get('fitted', '')}): training images "
                      f"{checks['training_pass_rate']:.1%} of {checks['training_images']}, calibration pool "
                      f"{checks['calibration_pass_rate']:.1%} of {checks['calibration_images']}.")
     g = result.get("gate")
