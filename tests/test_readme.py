@@ -44,3 +44,21 @@ def test_every_module_and_script_the_docs_name_exists():
              for path in re.findall(r"(?<![\w/.])((?:edgeskin|scripts|tests)/[\w/]+\.(?:py|sh))", doc.read_text())}
     assert len(named) > 10  # the pattern still finds what the docs name
     assert not sorted(p for p in named if not (ROOT / p[1]).is_file())
+
+
+def test_the_readme_sample_output_is_what_predict_prints():
+    """The first output a new user compares with: it went stale once when the shipped model was re-exported."""
+    from click.testing import CliRunner
+
+    from edgeskin.cli import main
+
+    text = (ROOT / "README.md").read_text()
+    shown = re.search(r"Output, one line per image.*?```\n(.*?)```", text, re.S).group(1).strip().splitlines()
+    cwd = os.getcwd()
+    os.chdir(ROOT)
+    try:
+        result = CliRunner().invoke(main, ["predict", "data/samples/", "--threshold", "0.4"])
+    finally:
+        os.chdir(cwd)
+    assert result.exit_code == 0, result.output
+    assert result.stdout.strip().splitlines() == shown
