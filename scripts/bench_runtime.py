@@ -34,17 +34,25 @@ DEFAULTS = {
 }
 
 
-def _latency(interpreter_cls, model: Path, threads: int, runs: int, tta: bool = False) -> dict:
+def _ready(interpreter_cls, model: Path, threads: int):
+    """An interpreter with a fixed random input set and ten warm-up runs behind it; returns (it, input, x)."""
     import numpy as np
 
     it = interpreter_cls(model_path=str(model), num_threads=threads)
     it.allocate_tensors()
     inp = it.get_input_details()[0]
     x = np.random.default_rng(0).integers(0, 255, inp["shape"]).astype(inp["dtype"])
-    views = 4 if tta else 1
     for _ in range(10):
         it.set_tensor(inp["index"], x)
         it.invoke()
+    return it, inp, x
+
+
+def _latency(interpreter_cls, model: Path, threads: int, runs: int, tta: bool = False) -> dict:
+    import numpy as np
+
+    it, inp, x = _ready(interpreter_cls, model, threads)
+    views = 4 if tta else 1
     times = []
     for _ in range(runs):
         t = time.perf_counter()
@@ -103,13 +111,8 @@ def _paired(a: Path, b: Path, runs: int) -> int:
 
     from edgeskin.runtime.classifier import _interpreter_class
 
-
     for threads in (1, 2):
-        its = {m: _interpreter_class()(model_path=str(m), num_threads=threads) for m in (a, b)}
-        for it in its.values():
-            it.allocate_tensors()
-            it.set_tensor(it.get_input_details()[0]["index"], np.zeros(it.get_input_details()[0]["shape"], np.uint8))
-            it.invoke()
+        its = {m: _ready(_interpreter_class(), m, threads)[0] for m in (a, b)}
         times = {m: [] for m in (a, b)}
         for _ in range(runs):
             for m, it in its.items():

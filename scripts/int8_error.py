@@ -55,7 +55,9 @@ def _int8_outputs(tflite: Path, images: np.ndarray) -> tuple[dict, dict]:
 def _float_outputs(serving, images: np.ndarray) -> list[np.ndarray]:
     import keras
 
-    backbone = next(l for l in serving.layers if isinstance(l, keras.Model) and l.name != "preprocess")
+    from edgeskin.training.model import backbone_of
+
+    backbone = backbone_of(serving)
     inner = keras.Model(backbone.input, [backbone.get_layer(b).output for b in BLOCKS])
     return inner.predict(serving.get_layer("preprocess").predict(images, verbose=0), verbose=0)
 

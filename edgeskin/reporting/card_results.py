@@ -195,7 +195,7 @@ def _robustness(result: dict) -> list[str]:
 
 
 def _gate(result: dict, info: dict) -> list[str]:
-    from edgeskin.runtime.gate import DOMAIN_PASS, QUALITY_TAIL
+    from edgeskin.runtime.gate import QUALITY_TAIL
 
     gate = info.get("gate")
     if not gate:

@@ -32,6 +32,7 @@ from pathlib import Path
 import numpy as np
 
 from edgeskin.runtime.gate import DOMAIN_PASS
+from edgeskin.training import model as model_lib
 
 DOMAIN_FILE = "domain.npz"
 USABLE_LABELS = ("usable", "out_of_domain")
@@ -189,7 +190,7 @@ def attach(serving, head: DomainHead):
     import keras
 
     image = keras.Input(serving.input_shape[1:], name="image")
-    backbone = next(layer for layer in serving.layers if isinstance(layer, keras.Model) and layer.name != "preprocess")
+    backbone = model_lib.backbone_of(serving)
     both = keras.Model(backbone.input, [backbone.get_layer(EARLY_LAYER).output, backbone.output], name=backbone.name)
     early_map, late_map = both(serving.get_layer("preprocess")(image), training=False)
     pooled = serving.get_layer("pool")(late_map)
@@ -209,7 +210,7 @@ def features(serving, images: np.ndarray, batch_size: int = 64) -> tuple[np.ndar
     """(early, late) features of a batch of (n, size, size, 3) uint8 images: block 6's mean activation, pooled."""
     import keras
 
-    backbone = next(layer for layer in serving.layers if isinstance(layer, keras.Model) and layer.name != "preprocess")
+    backbone = model_lib.backbone_of(serving)
     both = keras.Model(backbone.input, [backbone.get_layer(EARLY_LAYER).output, backbone.output])
     pre = serving.get_layer("preprocess")
     early, late = [], []

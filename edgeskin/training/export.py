@@ -302,12 +302,12 @@ class _UsableHead:
 
     def settle_on_file(self, tflite: bytes, heads: dict, convert, score, log, rounds: int = 2):
         """Move the graph's limit until the file itself lets DOMAIN_PASS of the pool through (domain.threshold_for_file)."""
-        self.pass_rate_before = float(np.mean(heads["out_of_domain"] < 0.5))
         for _ in range(rounds):
+            before = float(np.mean(heads["out_of_domain"] < 0.5))
+            self.pass_rate_before = before if self.pass_rate_before is None else self.pass_rate_before
             moved = domain_lib.threshold_for_file(self.head, heads["out_of_domain"])
             if moved is None:
                 break
-            before = float(np.mean(heads["out_of_domain"] < 0.5))
             log(f"usable head: the file lets {before:.1%} of the pool through; its limit moves "
                 f"{self.head.threshold:.4g} -> {moved.threshold:.4g}")
             self.head, self.attached = moved, domain_lib.attach(self.base, moved)

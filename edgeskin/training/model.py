@@ -242,6 +242,12 @@ def centre_diagnosis_logits(model):
     return model
 
 
+def backbone_of(serving):
+    """The MobileNetV2 inside a serving (or training) model: the nested model that is not the preprocessing."""
+    keras = _keras()
+    return next(layer for layer in serving.layers if isinstance(layer, keras.Model) and layer.name != "preprocess")
+
+
 def shift_diagnosis_logits(model, shift: np.ndarray):
     """Add a constant vector to the serving model's diagnosis logits (its bias); returns the model."""
     layer = model.get_layer("diagnosis")
