@@ -47,6 +47,10 @@ def main(verbose):
               help="Run folder to write.")
 @click.option("--resume", "resume_dir", type=click.Path(exists=True, file_okay=False), default=None,
               help="Continue this stopped run from its last finished epoch, with its own data and options.")
+@click.option("--start-from", "start_from", type=click.Path(exists=True, file_okay=False), default=None,
+              help="Skip phase 1 and fine-tune on from this finished run's network (same data and split).")
+@click.option("--int8-grid/--no-int8-grid", default=False, show_default=True,
+              help="Put the layers that never train on the int8 file's weight grid first, so int8 loses little.")
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a path to backbone weights (.h5).")
 @click.option("--image-size", type=click.IntRange(32, 1024), default=224, show_default=True)
@@ -86,7 +90,7 @@ def main(verbose):
                    "--batch-size is then the global batch.  [default: none, or the resumed run's own]")
 @click.option("--overwrite", is_flag=True, help="Replace an existing run in --out.")
 @friendly
-def train(data, out, resume_dir, overwrite, **flags):
+def train(data, out, resume_dir, start_from, overwrite, **flags):
     """Fine-tune MobileNetV2 on one or more DATA sets and calibrate its threshold.
 
     Each DATA is a folder with train/ (and optional val/, test/) holding
@@ -104,12 +108,17 @@ def train(data, out, resume_dir, overwrite, **flags):
     Example: ./run.sh train ../shared/data/isic-binary ../shared/data/ham10000 --out runs/multi --seed 42
 
     A stopped run goes on with: ./run.sh train --resume runs/multi
+
+    A finished run goes on, made ready for int8, with the same data, seed and options (phase 1 skipped):
+    ./run.sh train ../shared/data/isic-binary ../shared/data/ham10000 --out runs/multi-int8 --seed 42 --start-from runs/multi --int8-grid --fine-tune-epochs 3 --fine-tune-lr 2e-5
     """
     quiet_tensorflow()
     from edgeskin.training.train import resume, train as run_training
 
     if bool(data) == bool(resume_dir):
         raise click.UsageError("give DATA to start a run, or --resume RUN to continue one (not both)")
+    if resume_dir and start_from:
+        raise click.UsageError("--start-from starts a new run; a resumed run goes on from its own checkpoint")
     if resume_dir:
         given = _given(flags, "fine_tune_epochs", "time_budget")
         result = resume(resume_dir, log=click.echo, fine_tune_epochs=given.get("fine_tune_epochs"),
@@ -117,7 +126,8 @@ def train(data, out, resume_dir, overwrite, **flags):
     else:
         command = "edgeskin " + " ".join(shlex.quote(a) for a in sys.argv[1:]) if sys.argv[1:2] == ["train"] else None
         try:
-            result = run_training(data, out, _train_options(**flags), overwrite=overwrite, log=click.echo, command=command)
+            result = run_training(data, out, _train_options(**flags), overwrite=overwrite, log=click.echo, command=command,
+                                  start_from=start_from)
         except ValueError as exc:
             raise type(exc)(f"{exc}; {small_data_hint(data, flags['val_fraction'])}") if _too_small(exc) else exc
     click.echo(f"validation AUC {result.val_auc:.4f}, temperature {result.temperature:.3f}, {result.seconds / 60:.1f} min")
@@ -160,7 +170,7 @@ def _given(flags: dict, *names: str) -> dict:
 def _train_options(seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,
                    fine_tune_from, fine_tune_lr, train_image_size, diagnosis_loss, label_smoothing,
                    diagnosis_in_fine_tuning, dx_loss_weight, select_on, patience, loss, class_weights, augment,
-                   head_copies, time_budget, input_mode, distribute):
+                   head_copies, time_budget, input_mode, distribute, int8_grid):
     from edgeskin.data.augment import AugmentOptions
     from edgeskin.training.model import ModelOptions
     from edgeskin.training.options import TrainOptions
@@ -173,7 +183,7 @@ def _train_options(seed, weights, image_size, alpha, val_fraction, batch_size, h
         diagnosis_in_fine_tuning=diagnosis_in_fine_tuning, diagnosis_loss_weight=dx_loss_weight, select_on=select_on,
         patience=patience, loss=loss, class_weights=class_weights,
         augmentation=AugmentOptions() if augment else AugmentOptions.off(), head_copies=head_copies,
-        time_budget_minutes=time_budget, input=input_mode, distribute=distribute or "none",
+        time_budget_minutes=time_budget, input=input_mode, distribute=distribute or "none", int8_grid=int8_grid,
     )
 
 

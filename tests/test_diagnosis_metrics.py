@@ -281,3 +281,13 @@ def test_a_real_diagnosis_head_is_measured_through_keras_and_tflite_in_one_pass(
     assert cdx["top3_accuracy"]["value"] == pytest.approx(np.mean(metrics.top_k_hits(probs[known], index[known])))
     assert cdx["balanced_accuracy"]["value"] == pytest.approx(
         metrics.balanced_accuracy(index[known], probs[known].argmax(axis=1)))
+
+
+def test_card_gives_both_commands_of_a_run_that_started_from_another(stand_in_sets, tmp_path):
+    primary, _, _ = stand_in_sets
+    result = evaluate.evaluate("model.tflite", [primary], tmp_path / "eval", n_boot=100, robust=False)
+    config = {"command": "edgeskin train DATA --start-from runs/float --int8-grid", "seconds": 900,
+              "started_from": {"run": "runs/float", "command": "edgeskin train DATA --out runs/float", "seconds": 4146}}
+    lines = card.render(result, {}, config).splitlines()
+    first = lines.index("- First, the run it started from (float, 69 min): `edgeskin train DATA --out runs/float`")
+    assert lines[first + 1].startswith("- Then this run") and "--int8-grid" in lines[first + 2]

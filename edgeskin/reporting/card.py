@@ -165,10 +165,21 @@ def _data(result: dict, training: dict, config: dict) -> list[str]:
     return lines
 
 
+def _started_from(before: dict | None) -> list[str]:
+    """The run this one went on from (train --start-from), oldest first, with its own command and time."""
+    if not before:
+        return []
+    minutes = f", {before['seconds'] / 60:.0f} min" if before.get("seconds") else ""
+    return [*_started_from(before.get("started_from")),
+            f"- First, the run it started from ({Path(before['run']).name}{minutes}): `{before.get('command')}`",
+            "- Then this run, from that run's network (phase 1 skipped):"]
+
+
 def _training(training: dict, config: dict) -> list[str]:
     aug = config.get("options", {}).get("augmentation")
     lines = [
         "## Training",
+        *_started_from(config.get("started_from")),
         f"- Command: `{training.get('command', 'not recorded')}`",
         f"- Seed: {training.get('seed', 'not recorded')}; wall time: "
         + (f"{training['seconds'] / 60:.0f} min" + (f" on {config['cpus']} CPU cores" if config.get("cpus") else "")

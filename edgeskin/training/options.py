@@ -70,6 +70,10 @@ class TrainOptions:
     # (machines named by TF_CONFIG). batch_size is then the global batch
     # (docs/scale.md); distribute.py has the rest.
     distribute: str = "none"
+    # Put the layers that never train on the int8 grid before any training
+    # (quantaware.py): the int8 file then reproduces them exactly, and the
+    # layers above learn from the very values the phone will compute.
+    int8_grid: bool = False
 
     def __post_init__(self):
         if not 0.0 < self.val_fraction < 1.0:
@@ -145,7 +149,8 @@ class TrainOptions:
         """
         base = cls(val_fraction=0.15, head_copies=1, fine_tune_from="block_6_expand", fine_tune_learning_rate=3e-4,
                    train_image_size=160, diagnosis_loss="balanced_softmax", diagnosis_weighting="none",
-                   label_smoothing=0.1, diagnosis_loss_weight=1.0, diagnosis_in_fine_tuning=True, select_on="auc+dx")
+                   label_smoothing=0.1, diagnosis_loss_weight=1.0, diagnosis_in_fine_tuning=True, select_on="auc+dx",
+                   int8_grid=True)
         return replace(base, **overrides)
 
     @classmethod

@@ -101,6 +101,13 @@ def _validate(outputs, y_val, dx_val, select_on: str, logs: dict) -> float:
     return logs["val_auc"] + (logs["val_dx_balanced_accuracy"] if select_on == "auc+dx" else 0.0)
 
 
+def score_on_pool(nets: Nets, arrays: Arrays, options: TrainOptions) -> float:
+    """The network's score on the calibration pool's view, as epochs are selected on it (_watch)."""
+    view = arrays.epoch_view()
+    outputs = distribute.predict(nets.synced(), arrays.x_cal[view], 64, options.distribute)
+    return _validate(outputs, arrays.y_cal[view], arrays.dx_cal[view], options.select_on, {})
+
+
 def _balanced_softmax(keras, log_prior: np.ndarray, smoothing: float):
     """Cross-entropy on logits + log(prior) (logit adjustment, Menon et al. 2021), with label smoothing.
 

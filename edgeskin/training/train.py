@@ -13,17 +13,18 @@ from pathlib import Path
 
 from edgeskin import __version__
 from edgeskin.data import sets, splits
-from edgeskin.training import distribute, streaming
+from edgeskin.training import distribute, model as model_lib, quantaware, streaming
 from edgeskin.training.arrays import load_arrays
 from edgeskin.training.options import RunResult, TrainOptions
 from edgeskin.training.checkpoint import Checkpoint
-from edgeskin.training.phases import History, build_nets, fine_tune, refit_diagnosis, train_head
+from edgeskin.training.phases import History, build_nets, fine_tune, refit_diagnosis, score_on_pool, train_head
 from edgeskin.training.report import calibrate, write_evaluation
 from edgeskin.training.run import (AUDIT_DIR, GATE_FILE, RunError, check_run_dir, clear_run_dir, read_config,
                                    save_keras, write_history, write_json)
 
 
-def _start_run(source, run_dir: Path, dataset: sets.Dataset, options: TrainOptions, command, log) -> dict:
+def _start_run(source, run_dir: Path, dataset: sets.Dataset, options: TrainOptions, command, log,
+               start_from: Path | None = None) -> dict:
     """Clear the folder, write the splits, the audit and the config; return the config."""
     clear_run_dir(run_dir)
     sets.write_manifest(run_dir / "splits.csv", {"train": dataset.train, "val": dataset.val})
@@ -39,23 +40,70 @@ def _start_run(source, run_dir: Path, dataset: sets.Dataset, options: TrainOptio
         "notes": list(dataset.notes),
         "audit_flags": flags,
         "options": asdict(options),
+        **({"started_from": _provenance(start_from)} if start_from else {}),
     }
     write_json(run_dir / "config.json", config)
     return config
 
 
-def _resumed_run(run_dir: Path, dataset: sets.Dataset) -> dict:
-    """The config of the stopped run, once its splits are shown to be the ones just drawn again."""
+def _provenance(start_from: Path) -> dict:
+    """What a run that starts from another records of it: the card gives both commands and both times."""
+    before = read_config(start_from)
+    return {"run": str(start_from), "command": before.get("command"), "seconds": before.get("seconds"),
+            "started_from": before.get("started_from")}
+
+
+def _same_splits(folder: Path, dataset: sets.Dataset) -> bool:
+    """Whether folder's splits.csv holds exactly the splits just drawn."""
     # Written beside the original, because the manifest's paths are relative to its own folder.
-    again = run_dir / "splits.csv.resumed"
+    again = folder / "splits.csv.again"
     try:
         sets.write_manifest(again, {"train": dataset.train, "val": dataset.val})
-        same = again.read_bytes() == (run_dir / "splits.csv").read_bytes()
+        return again.read_bytes() == (folder / "splits.csv").read_bytes()
     finally:
         again.unlink(missing_ok=True)
-    if not same:
+
+
+def _resumed_run(run_dir: Path, dataset: sets.Dataset) -> dict:
+    """The config of the stopped run, once its splits are shown to be the ones just drawn again."""
+    if not _same_splits(run_dir, dataset):
         raise RunError(f"{run_dir}: the data no longer splits as it did when the run started; start it again")
     return read_config(run_dir)
+
+
+def _check_start(start_from: Path, run_dir: Path, dataset: sets.Dataset) -> None:
+    """A run to start from must be another folder, finished, and split exactly as this one: its validation
+    images must stay unseen by training, or the checks that select and calibrate this run would be judged
+    on training data."""
+    if start_from.resolve() == run_dir.resolve():
+        raise RunError(f"{start_from}: a run cannot start from itself; give --out another folder")
+    if not read_config(start_from).get("finished"):
+        raise RunError(f"{start_from}: this run did not finish; resume it first (--resume)")
+    if not _same_splits(start_from, dataset):
+        raise RunError(f"{start_from}: that run split the data differently (other data, seed or --val-fraction)")
+
+
+def _start_weights(nets, start_from: Path, arrays, options: TrainOptions, log) -> float:
+    """Load a finished run's network (its best.keras), put it on the int8 grid if asked; returns its score."""
+    try:
+        nets.serving.set_weights(model_lib.load(start_from / "best.keras").get_weights())
+    except ValueError as exc:
+        raise RunError(f"{start_from}: its network does not match these options ({exc})") from exc
+    if nets.net is not nets.serving:
+        nets.net.set_weights(nets.serving.get_weights())
+    _snap(nets, options, log)
+    score = score_on_pool(nets, arrays, options)
+    log(f"started from {start_from}: its network scores {score:.4f} on the calibration pool")
+    return score
+
+
+def _snap(nets, options: TrainOptions, log) -> None:
+    """The layers that never train, on the int8 grid (options.int8_grid, quantaware.py)."""
+    if not options.int8_grid:
+        return
+    moved = quantaware.snap_below(nets.backbone, options.fine_tune_from if options.fine_tune_epochs else None)
+    nets.synced()
+    log(f"int8 grid: the {moved} convolutions that never train are put on the int8 file's own grid")
 
 
 def _audit_training_data(dataset: sets.Dataset, out: Path, options: TrainOptions, log) -> list[str]:
@@ -122,12 +170,16 @@ def _dataset(sources, options: TrainOptions, log) -> tuple[sets.Dataset, TrainOp
 
 
 def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bool = False, log=print,
-          command: str | None = None, resume: bool = False) -> RunResult:
+          command: str | None = None, resume: bool = False, start_from=None) -> RunResult:
     """Audit, train, select, calibrate and save one model into run_dir.
 
     source is one data set or a list of them, trained on as one (sets.discover_many).
     With resume, run_dir holds a stopped run of these sources and options
     (see resume()), which goes on from its checkpoint.
+
+    With start_from, a finished run of the same data and split, phase 1 is
+    skipped and fine-tuning starts from that run's network (with
+    options.int8_grid: a float run made ready for int8, quantaware.py).
 
     With options.distribute, every worker calls this with the same arguments
     and only the chief writes run_dir (distribute.py).
@@ -136,12 +188,13 @@ def train(source, run_dir, options: TrainOptions = TrainOptions(), overwrite: bo
     """
     strategy = distribute.make_strategy(options.distribute)  # before TensorFlow runs anything (multi-worker)
     with distribute.writable_folder(Path(run_dir), options.distribute, resume) as folder:
-        result = _train(source, folder, options, overwrite, log, command, resume, strategy)
+        result = _train(source, folder, options, overwrite, log, command, resume, strategy,
+                        Path(start_from) if start_from else None)
     return replace(result, run_dir=Path(run_dir))
 
 
 def _train(source, run_dir: Path, options: TrainOptions, overwrite: bool, log, command, resume: bool,
-           strategy) -> RunResult:
+           strategy, start_from: Path | None = None) -> RunResult:
     checkpoint = Checkpoint(run_dir)
     clock = _Clock(log, (checkpoint.state() or {}).get("elapsed_seconds", 0.0) if resume else 0.0)
     log = clock.log
@@ -149,9 +202,12 @@ def _train(source, run_dir: Path, options: TrainOptions, overwrite: bool, log, c
         check_run_dir(run_dir, overwrite)
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
     dataset, options = _dataset(sources, options, log)
+    if start_from and not resume:
+        _check_start(start_from, run_dir, dataset)
     arrays = load_arrays(dataset, options)
     sets.check_classes(dataset.val, "calibration (validation) split", sets.MIN_PER_CLASS)
-    config = _resumed_run(run_dir, dataset) if resume else _start_run(sources, run_dir, dataset, options, command, log)
+    config = (_resumed_run(run_dir, dataset) if resume
+              else _start_run(sources, run_dir, dataset, options, command, log, start_from))
 
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     import keras
@@ -161,7 +217,7 @@ def _train(source, run_dir: Path, options: TrainOptions, overwrite: bool, log, c
     if strategy is not None:
         log(f"{options.distribute}: {strategy.num_replicas_in_sync} replicas, global batch {options.batch_size}")
     with distribute.scope(strategy):
-        history, serving = _phases(keras, nets, arrays, options, log, clock, checkpoint)
+        history, serving = _phases(keras, nets, arrays, options, log, clock, checkpoint, start_from)
     if strategy is not None:
         log(f"final weights fingerprint {distribute.fingerprint(serving)}")  # the same on every worker
     write_history(run_dir / "history.csv", history)
@@ -177,11 +233,17 @@ def _train(source, run_dir: Path, options: TrainOptions, overwrite: bool, log, c
     return RunResult(run_dir, config["counts"], dataset.notes, temperature, val_auc, points, seconds)
 
 
-def _phases(keras, nets, arrays, options: TrainOptions, log, clock, checkpoint: Checkpoint):
-    """Phases 1 to 3 (phase 1 is skipped when resuming fine-tuning); returns the history and the serving net."""
+def _phases(keras, nets, arrays, options: TrainOptions, log, clock, checkpoint: Checkpoint, start_from=None):
+    """Phases 1 to 3 (phase 1 is skipped when resuming fine-tuning or starting from a run); returns the
+    history and the serving net."""
     state = checkpoint.state()
     history = History(state["history"] if state else [])
-    if state is None:
+    if state is None and start_from:
+        head_best = _start_weights(nets, start_from, arrays, options, log)
+        checkpoint.save({"phase": "head", "best": head_best, "history": list(history),
+                         "elapsed_seconds": clock.elapsed()}, nets.net.get_weights())
+    elif state is None:
+        _snap(nets, options, log)
         head_best = train_head(keras, nets, arrays, options, history, log)
         checkpoint.save({"phase": "head", "best": head_best, "history": list(history),
                          "elapsed_seconds": clock.elapsed()}, nets.net.get_weights())

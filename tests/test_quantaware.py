@@ -1,0 +1,97 @@
+"""Int8-aware training: the layers that never train put on the int8 file's own weight grid (training/quantaware.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from conftest import write_class_folders
+from edgeskin.cli import main
+from edgeskin.training import quantaware
+
+
+def _on_grid(kernel, fold, depthwise: bool) -> bool:
+    shape, axes = ((1, 1, -1, 1), (0, 1, 3)) if depthwise else ((1, 1, 1, -1), (0, 1, 2))
+    folded = kernel * fold.reshape(shape)
+    step = np.abs(folded).max(axis=axes, keepdims=True) / quantaware.INT8_STEPS
+    ratio = folded / step
+    return bool(np.allclose(ratio, np.round(ratio), atol=1e-3))
+
+
+@pytest.mark.parametrize("depthwise", [False, True])
+def test_a_kernel_moves_onto_its_grid_by_at_most_half_a_step(depthwise):
+    rng = np.random.default_rng(0)
+    kernel = rng.normal(size=(3, 3, 8, 1) if depthwise else (1, 1, 8, 5)).astype("float32")
+    fold = rng.uniform(0.1, 40.0, size=8 if depthwise else 5).astype("float32")
+    snapped = quantaware.on_int8_grid(kernel, fold, depthwise)
+    assert not _on_grid(kernel, fold, depthwise) and _on_grid(snapped, fold, depthwise)
+    shape = (1, 1, -1, 1) if depthwise else (1, 1, 1, -1)
+    axes = (0, 1, 3) if depthwise else (0, 1, 2)
+    step = np.abs(kernel * fold.reshape(shape)).max(axis=axes, keepdims=True) / quantaware.INT8_STEPS
+    assert np.all(np.abs((snapped - kernel) * fold.reshape(shape)) <= step / 2 + 1e-6)
+    # The converter rounds the snapped kernel to itself: snapping again moves nothing.
+    np.testing.assert_allclose(quantaware.on_int8_grid(snapped, fold, depthwise), snapped, rtol=1e-5, atol=1e-7)
+
+
+def _cmd(data, out, weights, *extra):
+    return ["train", str(data), "--out", str(out), "--seed", "3", "--weights", str(weights), "--image-size", "64",
+            "--alpha", "0.35", "--batch-size", "8", "--head-epochs", "1", "--fine-tune-epochs", "1",
+            "--fine-tune-from", "block_16_expand", "--val-fraction", "0.3", "--head-copies", "1", *extra]
+
+
+def _frozen_layers_on_grid(run_dir, start: str = "block_16_expand") -> tuple[int, int]:
+    """How many of the run's convolutions before layer start (those that never train) are on the int8 grid, of how many."""
+    import keras
+
+    from edgeskin.training import model as model_lib
+
+    backbone = model_lib.backbone_of(model_lib.load(run_dir / "best.keras"))
+    layers = list(backbone.layers)
+    names = [layer.name for layer in layers]
+    end = names.index(start) if start in names else len(layers)
+    on = total = 0
+    for i, layer in enumerate(layers[:end]):
+        fold = quantaware._folded_scale(layers, i) if isinstance(
+            layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) else None
+        if fold is not None:
+            total += 1
+            on += _on_grid(layer.get_weights()[0], fold, isinstance(layer, keras.layers.DepthwiseConv2D))
+    return on, total
+
+
+@pytest.mark.slow
+def test_a_float_run_is_made_ready_for_int8_by_a_run_that_starts_from_it(tmp_path, tiny_run, tiny_weights):
+    runner = CliRunner()
+    assert _frozen_layers_on_grid(tiny_run["run"])[0] == 0
+    # tiny_run's data, split as tiny_run split it (seed 42 and --val-fraction 0.2 are the defaults of both).
+    r = runner.invoke(main, _cmd(tiny_run["data"], tmp_path / "int8", tiny_weights, "--start-from", str(tiny_run["run"]),
+                                 "--int8-grid", "--seed", "42", "--val-fraction", "0.2"))
+    assert r.exit_code == 0, r.output
+    assert "phase 1" not in r.output and "started from" in r.output and "int8 grid" in r.output
+    on, total = _frozen_layers_on_grid(tmp_path / "int8")
+    assert total > 30 and on == total
+    config = json.loads((tmp_path / "int8" / "config.json").read_text())
+    assert config["started_from"]["run"] == str(tiny_run["run"]) and config["options"]["int8_grid"]
+    assert config["started_from"]["seconds"] == json.loads((tiny_run["run"] / "config.json").read_text())["seconds"]
+    # Another split (here another seed) would put the first run's training images into this one's checks.
+    r = runner.invoke(main, _cmd(tiny_run["data"], tmp_path / "other", tiny_weights, "--start-from",
+                                 str(tiny_run["run"]), "--seed", "4", "--val-fraction", "0.2"))
+    assert r.exit_code != 0 and "split the data differently" in r.output and "Traceback" not in r.output
+
+
+@pytest.mark.slow
+def test_a_fresh_run_puts_its_never_trained_layers_on_the_grid_before_phase_1(tmp_path, tiny_weights):
+    data = write_class_folders(tmp_path / "data", 70, seed=5)
+    runner = CliRunner()
+    # No fine-tuning: every convolution stays frozen, so every one is put on the grid.
+    r = runner.invoke(main, [*_cmd(data, tmp_path / "fresh", tiny_weights, "--int8-grid"), "--fine-tune-epochs", "0"])
+    assert r.exit_code == 0 and r.output.index("int8 grid") < r.output.index("phase 1"), r.output
+    on, total = _frozen_layers_on_grid(tmp_path / "fresh", start=None)
+    assert total > 50 and on == total
+    r = runner.invoke(main, _cmd(data, tmp_path / "fresh", tiny_weights, "--start-from", str(tmp_path / "fresh"),
+                                 "--overwrite"))
+    assert r.exit_code != 0 and "cannot start from itself" in r.output
+    assert (tmp_path / "fresh" / "best.keras").is_file()
