@@ -100,8 +100,8 @@ def train(data, out, resume_dir, start_from, overwrite, **flags):
     Test splits are never read. When the data names diagnoses, a diagnosis
     head is trained beside the benign/malignant one.
 
-    A full run takes over 40 minutes: the shipped model's (three sets, 224 px)
-    took 43 min on 2 CPU cores, as models/training/config.json records. A
+    A full run takes over 40 minutes: the shipped model's two runs (three sets)
+    took 69 and 19 min on 2 CPU cores, as models/training/config.json records. A
     run needs at least 20 benign and 20 malignant images in its calibration
     (validation) split, so --val-fraction x images of each class >= 20.
 

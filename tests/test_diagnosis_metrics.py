@@ -291,3 +291,9 @@ def test_card_gives_both_commands_of_a_run_that_started_from_another(stand_in_se
     lines = card.render(result, {}, config).splitlines()
     first = lines.index("- First, the run it started from (float, 69 min): `edgeskin train DATA --out runs/float`")
     assert lines[first + 1].startswith("- Then this run") and "--int8-grid" in lines[first + 2]
+    # The recipe's own words: the diagnosis learnt through the backbone, and the int8 grid.
+    config["options"] = {"diagnosis_in_fine_tuning": True, "diagnosis_loss": "balanced_softmax", "label_smoothing": 0.1,
+                         "int8_grid": True, "model": {"diagnoses": ["mel", "nv"], "diagnosis_l2": 0.001}}
+    text = card.render(result, {}, config)
+    assert "through the fine-tuned layers" in text and "kept out of fine-tuning" not in text
+    assert "balanced softmax" in text and "label smoothing 0.1" in text and "`--int8-grid`" in text

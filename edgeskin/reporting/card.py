@@ -205,6 +205,21 @@ def _training(training: dict, config: dict) -> list[str]:
     return lines
 
 
+def _diagnosis_training(options: dict) -> str:
+    """How the diagnosis head learnt, in words: with the backbone or on its frozen features, and its loss."""
+    if options.get("diagnosis_in_fine_tuning"):
+        how = "trained with the benign/malignant head on cached frozen features, then through the fine-tuned layers beside it"
+    else:
+        how = ("trained with the benign/malignant head on cached frozen features, kept out of fine-tuning, then refitted "
+               "on the fine-tuned features")
+    if options.get("diagnosis_loss") == "balanced_softmax":
+        return how + (f"; a balanced softmax (the training prior added to its logits in the loss only), label smoothing "
+                      f"{options.get('label_smoothing', 0.0)}")
+    return how + "; " + {"inverse": "each diagnosis weighted by its inverse frequency",
+                         "sqrt": "each diagnosis weighted by its inverse square-root frequency",
+                         "none": "diagnoses unweighted"}[options.get("diagnosis_weighting", "inverse")]
+
+
 def _weights(config: dict) -> list[str]:
     """How imbalance across sources, classes and diagnoses was handled."""
     options = config.get("options", {})
@@ -215,14 +230,12 @@ def _weights(config: dict) -> list[str]:
                      "cannot become a cue for the label, and each source's total weight grows with the square root of "
                      "its size." if several else "the two classes weigh the same."))
     if options.get("model", {}).get("diagnoses"):
-        lines.append(f"- Diagnosis head ({', '.join(options['model']['diagnoses'])}): trained with the benign/malignant "
-                     f"head on cached frozen features, kept out of fine-tuning, then refitted on the fine-tuned features; "
-                     + {"inverse": "each diagnosis weighted by its inverse frequency",
-                        "sqrt": "each diagnosis weighted by its inverse square-root frequency",
-                        "none": "diagnoses unweighted"}[options.get("diagnosis_weighting", "inverse")]
-                     + f", loss weight "
-                     f"{options.get('diagnosis_loss_weight')}, L2 {options['model'].get('diagnosis_l2')} on its weights; "
-                     "images with no diagnosis train the benign/malignant head only.")
+        lines.append(f"- Diagnosis head ({', '.join(options['model']['diagnoses'])}): " + _diagnosis_training(options)
+                     + f", loss weight {options.get('diagnosis_loss_weight')}, L2 {options['model'].get('diagnosis_l2')} "
+                     "on its weights; images with no diagnosis train the benign/malignant head only.")
+    if options.get("int8_grid"):
+        lines.append("- int8: the convolutions that never train were put on the int8 file's own weight grid before "
+                     "training (`--int8-grid`), so the file reproduces them exactly and the layers above trained on them.")
     return lines
 
 
