@@ -1,4 +1,7 @@
-"""Int8-aware training: the layers that never train put on the int8 file's own weight grid (training/quantaware.py)."""
+"""Int8-aware training: the layers that never train put on the int8 file's own weight grid (training/quantaware.py).
+
+A fresh run with --int8-grid, and its resume, are checked in test_resume.py.
+"""
 
 from __future__ import annotations
 
@@ -42,7 +45,7 @@ def _cmd(data, out, weights, *extra):
             "--fine-tune-from", "block_16_expand", "--val-fraction", "0.3", "--head-copies", "1", *extra]
 
 
-def _frozen_layers_on_grid(run_dir, start: str = "block_16_expand") -> tuple[int, int]:
+def frozen_layers_on_grid(run_dir, start: str = "block_16_expand") -> tuple[int, int]:
     """How many of the run's convolutions before layer start (those that never train) are on the int8 grid, of how many."""
     import keras
 
@@ -65,13 +68,13 @@ def _frozen_layers_on_grid(run_dir, start: str = "block_16_expand") -> tuple[int
 @pytest.mark.slow
 def test_a_float_run_is_made_ready_for_int8_by_a_run_that_starts_from_it(tmp_path, tiny_run, tiny_weights):
     runner = CliRunner()
-    assert _frozen_layers_on_grid(tiny_run["run"])[0] == 0
+    assert frozen_layers_on_grid(tiny_run["run"])[0] == 0
     # tiny_run's data, split as tiny_run split it (seed 42 and --val-fraction 0.2 are the defaults of both).
     r = runner.invoke(main, _cmd(tiny_run["data"], tmp_path / "int8", tiny_weights, "--start-from", str(tiny_run["run"]),
                                  "--int8-grid", "--seed", "42", "--val-fraction", "0.2"))
     assert r.exit_code == 0, r.output
     assert "phase 1" not in r.output and "started from" in r.output and "int8 grid" in r.output
-    on, total = _frozen_layers_on_grid(tmp_path / "int8")
+    on, total = frozen_layers_on_grid(tmp_path / "int8")
     assert total > 30 and on == total
     config = json.loads((tmp_path / "int8" / "config.json").read_text())
     assert config["started_from"]["run"] == str(tiny_run["run"]) and config["options"]["int8_grid"]
@@ -82,16 +85,11 @@ def test_a_float_run_is_made_ready_for_int8_by_a_run_that_starts_from_it(tmp_pat
     assert r.exit_code != 0 and "split the data differently" in r.output and "Traceback" not in r.output
 
 
-@pytest.mark.slow
-def test_a_fresh_run_puts_its_never_trained_layers_on_the_grid_before_phase_1(tmp_path, tiny_weights):
+def test_a_run_cannot_start_from_itself(tmp_path, tiny_weights):
     data = write_class_folders(tmp_path / "data", 70, seed=5)
-    runner = CliRunner()
-    # No fine-tuning: every convolution stays frozen, so every one is put on the grid.
-    r = runner.invoke(main, [*_cmd(data, tmp_path / "fresh", tiny_weights, "--int8-grid"), "--fine-tune-epochs", "0"])
-    assert r.exit_code == 0 and r.output.index("int8 grid") < r.output.index("phase 1"), r.output
-    on, total = _frozen_layers_on_grid(tmp_path / "fresh", start=None)
-    assert total > 50 and on == total
-    r = runner.invoke(main, _cmd(data, tmp_path / "fresh", tiny_weights, "--start-from", str(tmp_path / "fresh"),
-                                 "--overwrite"))
-    assert r.exit_code != 0 and "cannot start from itself" in r.output
-    assert (tmp_path / "fresh" / "best.keras").is_file()
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "keep.txt").write_text("kept")
+    r = CliRunner().invoke(main, _cmd(data, tmp_path / "run", tiny_weights, "--start-from", str(tmp_path / "run"),
+                                      "--overwrite"))
+    assert r.exit_code != 0 and "cannot start from itself" in r.output and "Traceback" not in r.output
+    assert (tmp_path / "run" / "keep.txt").read_text() == "kept"

@@ -20,6 +20,7 @@ import pytest
 from click.testing import CliRunner
 
 from conftest import write_class_folders
+from test_quantaware import frozen_layers_on_grid
 from edgeskin.cli import main
 
 EPOCHS = 3  # killed after epoch 2, so one epoch runs after the resume
@@ -29,7 +30,7 @@ def _train_cmd(data: Path, out: Path, weights: Path) -> list[str]:
     return [sys.executable, "-m", "edgeskin.cli", "train", str(data), "--out", str(out), "--seed", "3",
             "--weights", str(weights), "--image-size", "64", "--alpha", "0.35", "--batch-size", "8",
             "--head-epochs", "2", "--fine-tune-epochs", str(EPOCHS), "--fine-tune-from", "block_16_expand",
-            "--patience", str(EPOCHS), "--val-fraction", "0.3", "--head-copies", "1"]
+            "--patience", str(EPOCHS), "--val-fraction", "0.3", "--head-copies", "1", "--int8-grid"]
 
 
 def _env() -> dict:
@@ -68,7 +69,12 @@ def test_a_killed_run_is_not_finished_and_resumes_to_the_same_result(tmp_path, t
 
     subprocess.run([sys.executable, "-m", "edgeskin.cli", "train", "--resume", str(killed)], env=_env(), check=True,
                    capture_output=True)
-    subprocess.run(_train_cmd(data, whole, tiny_weights), env=_env(), check=True, capture_output=True)
+    done = subprocess.run(_train_cmd(data, whole, tiny_weights), env=_env(), check=True, capture_output=True, text=True)
+    # --int8-grid: the layers that never train go on the grid before phase 1, and a resume keeps them there.
+    assert done.stdout.index("int8 grid") < done.stdout.index("phase 1"), done.stdout
+    for run in (killed, whole):
+        on, total = frozen_layers_on_grid(run)
+        assert total > 30 and on == total, (run, on, total)
 
     a, b = (json.loads((d / "config.json").read_text()) for d in (killed, whole))
     assert a["finished"] and b["finished"] and not (killed / "checkpoint").exists()
