@@ -47,7 +47,7 @@ def _round(backbone, original: dict, chosen) -> None:
         if layer.name not in original:
             continue
         weights = original[layer.name]
-        fold = quantaware._folded_scale(layers, i)
+        fold = quantaware.folded_scale(layers, i)
         if chosen(layer.name):
             weights = [quantaware.on_int8_grid(weights[0], fold, isinstance(layer, keras.layers.DepthwiseConv2D)),
                        *weights[1:]]
@@ -74,7 +74,7 @@ def main() -> None:
     layers = list(backbone.layers)
     original = {layer.name: layer.get_weights() for i, layer in enumerate(layers)
                 if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
-                and quantaware._folded_scale(layers, i) is not None}
+                and quantaware.folded_scale(layers, i) is not None}
 
     def auc() -> float:
         return float(roc_auc_score(y, serving.predict(x, batch_size=64, verbose=0)[0][:, 1]))

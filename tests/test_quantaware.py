@@ -57,7 +57,7 @@ def frozen_layers_on_grid(run_dir, start: str = "block_16_expand") -> tuple[int,
     end = names.index(start) if start in names else len(layers)
     on = total = 0
     for i, layer in enumerate(layers[:end]):
-        fold = quantaware._folded_scale(layers, i) if isinstance(
+        fold = quantaware.folded_scale(layers, i) if isinstance(
             layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) else None
         if fold is not None:
             total += 1

@@ -21,7 +21,7 @@ from edgeskin.training import model as model_lib
 INT8_STEPS = 127  # TFLite's per-channel weights: symmetric, [-127, 127]
 
 
-def _folded_scale(layers, i: int):
+def folded_scale(layers, i: int):
     """The factor the converter folds into layer i's output channels: the next batch norm's gamma / sigma."""
     keras = model_lib._keras()
     bn = next((x for x in layers[i + 1:i + 3] if isinstance(x, keras.layers.BatchNormalization)), None)
@@ -50,7 +50,7 @@ def snap_below(backbone, start: str | None) -> int:
     end = names.index(start) if start in names else len(layers)
     moved = 0
     for i, layer in enumerate(layers[:end]):
-        fold = _folded_scale(layers, i) if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) else None
+        fold = folded_scale(layers, i) if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) else None
         if fold is None:
             continue
         weights = layer.get_weights()
