@@ -46,19 +46,28 @@ def test_every_module_and_script_the_docs_name_exists():
     assert not sorted(p for p in named if not (ROOT / p[1]).is_file())
 
 
-def test_the_readme_sample_output_is_what_predict_prints():
-    """The first output a new user compares with: it went stale once when the shipped model was re-exported."""
+def _printed(*args: str) -> list[str]:
+    """What `edgeskin predict ARGS` prints, run from the repository root as the README's examples are."""
     from click.testing import CliRunner
 
     from edgeskin.cli import main
 
-    text = (ROOT / "README.md").read_text()
-    shown = re.search(r"Output, one line per image.*?```\n(.*?)```", text, re.S).group(1).strip().splitlines()
     cwd = os.getcwd()
     os.chdir(ROOT)
     try:
-        result = CliRunner().invoke(main, ["predict", "data/samples/", "--threshold", "0.4"])
+        result = CliRunner().invoke(main, ["predict", *args])
     finally:
         os.chdir(cwd)
     assert result.exit_code == 0, result.output
-    assert result.stdout.strip().splitlines() == shown
+    return result.stdout.strip().splitlines()
+
+
+def test_the_readme_sample_output_is_what_predict_prints():
+    """The first output a new user compares with: it went stale once when the shipped model was re-exported,
+    and the diagnosis example once when the model was replaced."""
+    text = (ROOT / "README.md").read_text()
+    shown = re.search(r"Output, one line per image.*?```\n(.*?)```", text, re.S).group(1).strip().splitlines()
+    assert _printed("data/samples/", "--threshold", "0.4") == shown
+    shown = re.search(r"\*\*Diagnosis\.\*\*.*?```\n(.*?)```", text, re.S).group(1).strip().splitlines()
+    sample = "data/samples/malignant_1.jpg"
+    assert shown == _printed(sample, "--diagnosis") + _printed(sample, "--diagnosis", "--json")
