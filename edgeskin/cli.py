@@ -15,7 +15,7 @@ import sys
 import click
 
 from edgeskin import __version__
-from edgeskin.cli_views import app, explain, friendly, quiet_tensorflow, web
+from edgeskin.cli_views import app, explain, friendly, quiet_tensorflow, show_run, web
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -100,10 +100,9 @@ def train(data, out, resume_dir, start_from, overwrite, **flags):
     Test splits are never read. When the data names diagnoses, a diagnosis
     head is trained beside the benign/malignant one.
 
-    A full run takes over 40 minutes: the shipped model's two runs (three sets)
-    took 69 and 19 min on 2 CPU cores, as models/training/config.json records. A
-    run needs at least 20 benign and 20 malignant images in its calibration
-    (validation) split, so --val-fraction x images of each class >= 20.
+    The shipped model's two runs (three sets) took 69 and 19 min on 2 CPU
+    cores (models/training/config.json). The calibration (validation) split
+    needs 20 images of each class: --val-fraction x images of each class >= 20.
 
     Example: ./run.sh train ../shared/data/isic-binary ../shared/data/ham10000 --out runs/multi --seed 42
 
@@ -130,12 +129,7 @@ def train(data, out, resume_dir, start_from, overwrite, **flags):
                                   start_from=start_from)
         except ValueError as exc:
             raise type(exc)(f"{exc}; {small_data_hint(data, flags['val_fraction'])}") if _too_small(exc) else exc
-    click.echo(f"validation AUC {result.val_auc:.4f}, temperature {result.temperature:.3f}, {result.seconds / 60:.1f} min")
-    for point in result.operating_points.values():
-        click.echo(f"  {point.name:<10} threshold {point.threshold:.4f}  "
-                   f"sensitivity {point.sensitivity:.3f}  specificity {point.specificity:.3f}")
-    # A multi-worker run's other workers write nothing: the chief's --out holds the run.
-    click.echo(f"run saved to {result.run_dir}" if result.run_dir.is_dir() else "run saved by the chief worker, not here")
+    show_run(result)
 
 
 def _too_small(exc: Exception) -> bool:

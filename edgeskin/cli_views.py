@@ -40,6 +40,16 @@ def quiet_tensorflow():
         import tensorflow  # noqa: F401
 
 
+def show_run(result) -> None:
+    """What `train` prints when a run is saved: its validation AUC, time and operating points."""
+    click.echo(f"validation AUC {result.val_auc:.4f}, temperature {result.temperature:.3f}, {result.seconds / 60:.1f} min")
+    for point in result.operating_points.values():
+        click.echo(f"  {point.name:<10} threshold {point.threshold:.4f}  "
+                   f"sensitivity {point.sensitivity:.3f}  specificity {point.specificity:.3f}")
+    # A multi-worker run's other workers write nothing: the chief's --out holds the run.
+    click.echo(f"run saved to {result.run_dir}" if result.run_dir.is_dir() else "run saved by the chief worker, not here")
+
+
 @click.command()
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--model", type=click.Path(exists=True, dir_okay=False), default=None,

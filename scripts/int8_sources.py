@@ -37,20 +37,13 @@ GROUPS = {
 }
 
 
-def _round(backbone, original: dict, chosen) -> None:
-    import keras
-
+def _round(convolutions, original: dict, chosen) -> None:
     from edgeskin.training import quantaware
 
-    layers = list(backbone.layers)
-    for i, layer in enumerate(layers):
-        if layer.name not in original:
-            continue
+    for layer, fold, depthwise in convolutions:
         weights = original[layer.name]
-        fold = quantaware.folded_scale(layers, i)
         if chosen(layer.name):
-            weights = [quantaware.on_int8_grid(weights[0], fold, isinstance(layer, keras.layers.DepthwiseConv2D)),
-                       *weights[1:]]
+            weights = [quantaware.on_int8_grid(weights[0], fold, depthwise), *weights[1:]]
         layer.set_weights(weights)
 
 
@@ -59,7 +52,6 @@ def main() -> None:
     ap.add_argument("run", type=Path)
     ap.add_argument("--images", type=int, default=700, help="validation images drawn (seeded) for the pool")
     args = ap.parse_args()
-    import keras
     from sklearn.metrics import roc_auc_score
 
     from edgeskin.data import perturb, sets
@@ -70,11 +62,8 @@ def main() -> None:
     pick = np.random.default_rng(1).permutation(len(val))[: args.images]
     x = perturb.deployment_pool(sets.load_images([val[i] for i in sorted(pick)], int(serving.input_shape[1])), (75,))
     y = np.array([val[i].label for i in sorted(pick)])
-    backbone = model_lib.backbone_of(serving)
-    layers = list(backbone.layers)
-    original = {layer.name: layer.get_weights() for i, layer in enumerate(layers)
-                if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
-                and quantaware.folded_scale(layers, i) is not None}
+    convolutions = list(quantaware.convolutions(model_lib.backbone_of(serving)))
+    original = {layer.name: layer.get_weights() for layer, _, _ in convolutions}
 
     def auc() -> float:
         return float(roc_auc_score(y, serving.predict(x, batch_size=64, verbose=0)[0][:, 1]))
@@ -82,7 +71,7 @@ def main() -> None:
     print(f"{'weights on the int8 grid':28s} {'ROC AUC':>8s}   ({len(y)} pool images at q75)")
     print(f"{'none (the float model)':28s} {auc():8.4f}")
     for name, chosen in GROUPS.items():
-        _round(backbone, original, chosen)
+        _round(convolutions, original, chosen)
         print(f"{name:28s} {auc():8.4f}")
 
 

@@ -45,24 +45,12 @@ def _cmd(data, out, weights, *extra):
             "--fine-tune-from", "block_16_expand", "--val-fraction", "0.3", "--head-copies", "1", *extra]
 
 
-def frozen_layers_on_grid(run_dir, start: str = "block_16_expand") -> tuple[int, int]:
+def frozen_layers_on_grid(run_dir, start: str | None = "block_16_expand") -> tuple[int, int]:
     """How many of the run's convolutions before layer start (those that never train) are on the int8 grid, of how many."""
-    import keras
-
     from edgeskin.training import model as model_lib
 
-    backbone = model_lib.backbone_of(model_lib.load(run_dir / "best.keras"))
-    layers = list(backbone.layers)
-    names = [layer.name for layer in layers]
-    end = names.index(start) if start in names else len(layers)
-    on = total = 0
-    for i, layer in enumerate(layers[:end]):
-        fold = quantaware.folded_scale(layers, i) if isinstance(
-            layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) else None
-        if fold is not None:
-            total += 1
-            on += _on_grid(layer.get_weights()[0], fold, isinstance(layer, keras.layers.DepthwiseConv2D))
-    return on, total
+    found = list(quantaware.convolutions(model_lib.backbone_of(model_lib.load(run_dir / "best.keras")), start))
+    return sum(_on_grid(layer.get_weights()[0], fold, depthwise) for layer, fold, depthwise in found), len(found)
 
 
 @pytest.mark.slow

@@ -21,14 +21,20 @@ from edgeskin.training import model as model_lib
 INT8_STEPS = 127  # TFLite's per-channel weights: symmetric, [-127, 127]
 
 
-def folded_scale(layers, i: int):
-    """The factor the converter folds into layer i's output channels: the next batch norm's gamma / sigma."""
+def convolutions(backbone, start: str | None = None):
+    """(layer, fold, depthwise) for each convolution before layer `start` (all for None) that a batch norm follows;
+    fold is the factor the converter folds into its output channels, the batch norm's gamma / sigma."""
     keras = model_lib._keras()
-    bn = next((x for x in layers[i + 1:i + 3] if isinstance(x, keras.layers.BatchNormalization)), None)
-    if bn is None:
-        return None
-    gamma, _, _, var = bn.get_weights()
-    return gamma / np.sqrt(var + bn.epsilon)
+    layers = list(backbone.layers)
+    names = [layer.name for layer in layers]
+    end = names.index(start) if start in names else len(layers)
+    for i, layer in enumerate(layers[:end]):
+        if not isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)):
+            continue
+        bn = next((x for x in layers[i + 1:i + 3] if isinstance(x, keras.layers.BatchNormalization)), None)
+        if bn is not None:
+            gamma, _, _, var = bn.get_weights()
+            yield layer, gamma / np.sqrt(var + bn.epsilon), isinstance(layer, keras.layers.DepthwiseConv2D)
 
 
 def on_int8_grid(kernel: np.ndarray, fold: np.ndarray, depthwise: bool) -> np.ndarray:
@@ -44,17 +50,9 @@ def on_int8_grid(kernel: np.ndarray, fold: np.ndarray, depthwise: bool) -> np.nd
 def snap_below(backbone, start: str | None) -> int:
     """Put every convolution of the backbone before layer `start` (all of them for None), the layers that never
     train, on the int8 grid; returns how many moved. Doing it twice changes nothing."""
-    keras = model_lib._keras()
-    layers = list(backbone.layers)
-    names = [layer.name for layer in layers]
-    end = names.index(start) if start in names else len(layers)
     moved = 0
-    for i, layer in enumerate(layers[:end]):
-        fold = folded_scale(layers, i) if isinstance(layer, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)) else None
-        if fold is None:
-            continue
+    for layer, fold, depthwise in convolutions(backbone, start):
         weights = layer.get_weights()
-        depthwise = isinstance(layer, keras.layers.DepthwiseConv2D)
         layer.set_weights([on_int8_grid(weights[0], fold, depthwise), *weights[1:]])
         moved += 1
     return moved
