@@ -37,7 +37,7 @@ if /I "%~1"=="test" (
         type nul > "%~dp0.venv-mediapipe\.installed"
     )
     set EDGESKIN_MEDIAPIPE_PYTHON=%~dp0.venv-mediapipe\Scripts\python.exe
-    "%VENV%\Scripts\python.exe" -m pytest -q
+    "%VENV%\Scripts\python.exe" -m pytest -q -n 2 --dist worksteal
     exit /b %ERRORLEVEL%
 )
 if "%~1"=="" (

@@ -65,7 +65,8 @@ if [ "$cmd" = test ]; then
     if command -v npm >/dev/null 2>&1 && { [ ! -d web/node_modules ] || [ web/package-lock.json -nt web/node_modules ]; }; then
         npm ci --prefix web --no-audit --no-fund --loglevel=error >/dev/null
     fi
-    exec "$venv/bin/python" -m pytest -q "$@"
+    # Two processes; the tiny training runs the tests share are built once (conftest.py).
+    exec "$venv/bin/python" -m pytest -q -n 2 --dist worksteal "$@"
 fi
 if [ "$cmd" = web ] && [ ! -d web/node_modules ]; then
     npm ci --prefix web --no-audit --no-fund --loglevel=error >/dev/null

@@ -16,6 +16,10 @@ from PIL import Image, ImageDraw
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+# The tiny runs each train for a minute or more, and `./run.sh test` spreads the
+# tests over two processes (pytest-xdist): each session fixture below is built
+# by the first process that needs it and read back by the other (_once).
+
 
 def lesion(rng: np.random.Generator, malignant: bool, size: int = 64, colour=None) -> Image.Image:
     """A crude dermoscopy-like picture: a blob on skin. Malignant ones are larger, darker and bluer.
@@ -50,8 +54,46 @@ def class_folders(tmp_path) -> Path:
     return write_class_folders(tmp_path / "set", 12)
 
 
+def _once(tmp_path_factory, name: str, build):
+    """build()'s value, computed once for the whole test run, whichever process asks first.
+
+    Under pytest-xdist every worker is its own process with its own session
+    fixtures, so each would train its own tiny run: the first builds it,
+    under a lock in the run's shared temporary folder, and pickles the value
+    (paths and small records) for the others. xdist's --dist loadgroup could
+    send a fixture's tests to one worker instead, but it ignores its groups
+    under pytest 9.2 (pytest-xdist issue 1386).
+    """
+    if not os.environ.get("PYTEST_XDIST_WORKER"):
+        return build()
+    import pickle
+
+    from filelock import FileLock
+
+    stored = tmp_path_factory.getbasetemp().parent / f"{name}.pickle"
+    with FileLock(f"{stored}.lock"):
+        if stored.is_file():
+            return pickle.loads(stored.read_bytes())
+        value = build()
+        stored.write_bytes(pickle.dumps(value))
+        return value
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _shared_runs_first(request):
+    """Under xdist, worker gw0 trains tiny_run and gw1 tiny_dx_run before their first tests, side by side, so
+    that neither waits on the other's lock later; each only when a collected test needs it."""
+    name = {"gw0": "tiny_run", "gw1": "tiny_dx_run"}.get(os.environ.get("PYTEST_XDIST_WORKER", ""))
+    if name and any(name in item.fixturenames for item in request.session.items):
+        request.getfixturevalue(name)
+
+
 @pytest.fixture(scope="session")
 def tiny_weights(tmp_path_factory) -> Path:
+    return _once(tmp_path_factory, "tiny_weights", lambda: _tiny_weights(tmp_path_factory))
+
+
+def _tiny_weights(tmp_path_factory) -> Path:
     """Backbone weights for alpha 0.35 at 64 px, standing in for ImageNet's.
 
     A randomly initialised MobileNetV2 with BatchNorm frozen at its initial
@@ -79,6 +121,10 @@ TINY_TEST_PER_CLASS = 60
 
 @pytest.fixture(scope="session")
 def tiny_run(tmp_path_factory, tiny_weights):
+    return _once(tmp_path_factory, "tiny_run", lambda: _tiny_run(tmp_path_factory, tiny_weights))
+
+
+def _tiny_run(tmp_path_factory, tiny_weights) -> dict:
     """A run folder trained on synthetic data, and its int8 export."""
     from edgeskin.training.export import ExportOptions, export
     from edgeskin.training.model import ModelOptions
@@ -147,6 +193,10 @@ def write_multisource_manifest(root: Path, n: int = 240, seed: int = 3) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_dx_run(tmp_path_factory, tiny_weights):
+    return _once(tmp_path_factory, "tiny_dx_run", lambda: _tiny_dx_run(tmp_path_factory, tiny_weights))
+
+
+def _tiny_dx_run(tmp_path_factory, tiny_weights) -> dict:
     """A run with a diagnosis head, trained on a synthetic two-source manifest, and its int8 export.
 
     Its fine-tuning runs under a time budget too small for a second epoch, so
