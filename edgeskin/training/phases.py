@@ -152,20 +152,21 @@ def _features(extractor, x, distribute_as: str = "none", batch_size: int = 64) -
     return distribute.predict(extractor, x, batch_size, distribute_as)
 
 
-def train_head(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history: History, log):
-    """Phase 1: the heads on frozen features of augmented copies of the training set.
-
-    The backbone is frozen, so its features of a given image never change:
-    computing them once per augmented copy lets the heads train in seconds,
-    and several copies keep them from learning any one copy's compression.
-    """
-    log(f"phase 1: heads on frozen features ({options.head_copies} augmented copies of the training set)")
+def head_features(nets: Nets, arrays: Arrays, options: TrainOptions) -> tuple[np.ndarray, np.ndarray]:
+    """The frozen backbone's features of options.head_copies augmented copies of the training set, and of the
+    pool's epoch view (at the serving size): what phase 1 trains and judges the heads on."""
     extractor = model_lib.feature_extractor(nets.net)
     rng = np.random.default_rng(options.seed)
     f_train = streaming.augmented_features(lambda x: _features(extractor, x, options.distribute), arrays.x_train, rng,
                                            options.augmentation, options.head_copies)
-    y_train, w_train = arrays.targets(copies=options.head_copies)
     f_cal = _features(model_lib.feature_extractor(nets.serving), arrays.x_cal[arrays.epoch_view()], options.distribute)
+    return f_train, f_cal
+
+
+def fit_head(keras, nets: Nets, arrays: Arrays, options: TrainOptions, features, history: History) -> float:
+    """The heads on cached features (head_features); keeps the best epoch's weights and returns its score."""
+    f_train, f_cal = features
+    y_train, w_train = arrays.targets(copies=options.head_copies)
     _compile(keras, nets.head, options.head_learning_rate, options, arrays)
     watch = _watch(keras, lambda view: distribute.predict(nets.head, f_cal, 256, options.distribute), arrays, nets.head,
                    options)
@@ -174,6 +175,17 @@ def train_head(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history
     history.add("head", h)
     nets.head.set_weights(watch.best_weights)
     return watch.best
+
+
+def train_head(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history: History, log):
+    """Phase 1: the heads on frozen features of augmented copies of the training set.
+
+    The backbone is frozen, so its features of a given image never change:
+    computing them once per augmented copy lets the heads train in seconds,
+    and several copies keep them from learning any one copy's compression.
+    """
+    log(f"phase 1: heads on frozen features ({options.head_copies} augmented copies of the training set)")
+    return fit_head(keras, nets, arrays, options, head_features(nets, arrays, options), history)
 
 
 def fine_tune(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history: History, head_best: float, log,

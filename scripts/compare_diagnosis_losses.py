@@ -1,0 +1,89 @@
+"""Which diagnosis loss the heads learn best from: each fitted on the same cached frozen features (phase 1 alone).
+
+The run's own split (same seed and validation share as `train`), one augmented
+copy of the training set through the frozen ImageNet backbone at the training
+size (the layers below --fine-tune-from on the int8 grid, as `--int8-grid`
+puts them), and the same initial head for every loss. Each head trains as
+phase 1 does and keeps its best epoch by ROC AUC + diagnosis balanced
+accuracy on the calibration pool's q75 copy, where its figures are printed.
+Test splits are never read. Through-the-backbone comparisons cost a
+fine-tuning run each; this one costs seconds a loss once the features exist.
+
+Example: python scripts/compare_diagnosis_losses.py ../shared/data/isic-binary ../shared/data/ham10000 ../shared/data/isic2017
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from dataclasses import replace
+
+LOSSES = {  # name: (diagnosis_loss, diagnosis_weighting, label_smoothing)
+    "weighted, inverse frequency": ("weighted", "inverse", 0.0),
+    "weighted, sqrt frequency": ("weighted", "sqrt", 0.0),
+    "unweighted": ("weighted", "none", 0.0),
+    "balanced softmax": ("balanced_softmax", "none", 0.0),
+    "balanced softmax + label smoothing 0.1": ("balanced_softmax", "none", 0.1),
+}
+
+
+def _data(sources, options):
+    from edgeskin.data import sets, splits
+    from edgeskin.training.arrays import load_arrays
+
+    dataset = splits.split_validation(sets.discover_many(sources), options.val_fraction, options.seed,
+                                      options.max_duplicate_distance)
+    options = replace(options, model=replace(options.model, diagnoses=sets.DIAGNOSES))
+    return dataset, options, load_arrays(dataset, options)
+
+
+def _score(nets, arrays, f_cal, melanoma: int) -> dict:
+    from edgeskin.training import model as model_lib
+    from edgeskin.training.report import auc, diagnosis_report
+
+    outputs = nets.head.predict(f_cal, batch_size=256, verbose=0)
+    dx = diagnosis_report(outputs[1], arrays.dx_cal[arrays.epoch_view()])
+    return {"auc": auc(model_lib.malignant_logits(outputs), arrays.y_cal[arrays.epoch_view()]),
+            "balanced_accuracy": dx["balanced_accuracy"], "top3": dx["top3_accuracy"],
+            "melanoma_recall": dx["recall"].get(melanoma, float("nan"))}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("sources", nargs="+")
+    ap.add_argument("--seed", type=int, default=42)
+    ap.add_argument("--val-fraction", type=float, default=0.15)
+    ap.add_argument("--fine-tune-from", default="block_6_expand", help="the layers below it go on the int8 grid")
+    ap.add_argument("--head-epochs", type=int, default=12)
+    args = ap.parse_args()
+
+    import keras
+
+    from edgeskin.data import sets
+    from edgeskin.training import phases, quantaware
+    from edgeskin.training.arrays import diagnosis_targets
+    from edgeskin.training.options import TrainOptions
+
+    started = time.time()
+    options = TrainOptions.for_multisource(seed=args.seed, val_fraction=args.val_fraction, head_copies=1,
+                                           head_epochs=args.head_epochs, fine_tune_from=args.fine_tune_from)
+    dataset, options, arrays = _data(args.sources, options)
+    keras.utils.set_random_seed(options.seed)
+    nets = phases.build_nets(options)
+    quantaware.snap_below(nets.backbone, options.fine_tune_from)
+    features = phases.head_features(nets, arrays, options)
+    print(f"features of {len(features[0])} training and {len(features[1])} pool images: {time.time() - started:.0f} s")
+    start = nets.head.get_weights()
+    print(f"{'diagnosis loss':40s} {'AUC':>6s} {'bal acc':>8s} {'top-3':>6s} {'mel recall':>10s}  (pool, q75)")
+    for name, (loss, weighting, smoothing) in LOSSES.items():
+        variant = replace(options, diagnosis_loss=loss, diagnosis_weighting=weighting, label_smoothing=smoothing)
+        keras.utils.set_random_seed(options.seed)
+        nets.head.set_weights(start)
+        targets = replace(arrays, d_train=diagnosis_targets(dataset.train, options.model.diagnoses, weighting))
+        phases.fit_head(keras, nets, targets, variant, features, phases.History())
+        s = _score(nets, arrays, features[1], sets.DIAGNOSES.index("mel"))
+        print(f"{name:40s} {s['auc']:6.3f} {s['balanced_accuracy']:8.3f} {s['top3']:6.3f} {s['melanoma_recall']:10.3f}")
+
+
+if __name__ == "__main__":
+    main()
