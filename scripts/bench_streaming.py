@@ -59,8 +59,8 @@ def one(args) -> dict:
 
     nets = phases.build_nets(options)
     model_lib.set_fine_tuning(nets.backbone, options.fine_tune_from)
-    phases._compile(keras, nets.net, 1e-4, options, arrays, weights=(1.0, 0.5))
-    batches = phases._batches(keras, arrays, options)
+    phases.compile_heads(keras, nets.net, 1e-4, options, arrays, weights=(1.0, 0.5))
+    batches = phases.fine_tuning_batches(keras, arrays, options)
     fit_input = batches.fit_arguments(1) if hasattr(batches, "fit_arguments") else {"x": batches}
     times = []
     stamp = keras.callbacks.LambdaCallback(on_train_batch_end=lambda batch, logs=None: times.append(time.time()))

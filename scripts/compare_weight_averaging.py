@@ -26,7 +26,7 @@ def _score(nets, arrays) -> tuple[float, float]:
 
     view, logs = arrays.epoch_view(), {}
     outputs = nets.synced().predict(arrays.x_cal[view], batch_size=64, verbose=0)
-    phases._validate(outputs, arrays.y_cal[view], arrays.dx_cal[view], "auc+dx", logs)
+    phases.validation_figures(outputs, arrays.y_cal[view], arrays.dx_cal[view], "auc+dx", logs)
     return logs["val_auc"], logs["val_dx_balanced_accuracy"]
 
 
@@ -102,8 +102,8 @@ def main() -> None:
     auc, dx = _score(nets, arrays)
     print(f"start ({args.run}): AUC {auc:.4f}  balanced accuracy {dx:.4f}  sum {auc + dx:.4f}; "
           f"{(time.time() - started) / 60:.1f} min")
-    batches = phases._batches(keras, arrays, options)
-    phases._compile(keras, nets.net, args.lr, options, arrays, weights=(1.0, options.diagnosis_loss_weight))
+    batches = phases.fine_tuning_batches(keras, arrays, options)
+    phases.compile_heads(keras, nets.net, args.lr, options, arrays, weights=(1.0, options.diagnosis_loss_weight))
     callback = _averages(keras, nets, arrays, args.ema_momentum, started)
     nets.net.fit(batches, epochs=args.epochs, callbacks=[callback], verbose=2)
     print(f"trainable weights averaged: {sum(int(np.prod(v.shape)) for v in nets.net.trainable_variables):,}")

@@ -227,10 +227,10 @@ def test_a_single_process_in_memory_run_keeps_its_keras_batches(both_paths):
     from edgeskin.training import phases
 
     options, memory, disk = both_paths
-    batches = phases._batches(keras, memory, options)
+    batches = phases.fine_tuning_batches(keras, memory, options)
     assert isinstance(batches, keras.utils.PyDataset)
     assert type(batches).__qualname__ == type(augmented_batches(keras, memory, options)).__qualname__
-    assert isinstance(phases._batches(keras, disk, options), streaming.StreamBatches)
+    assert isinstance(phases.fine_tuning_batches(keras, disk, options), streaming.StreamBatches)
     assert streaming.input_mode(TrainOptions.for_multisource(), 13_000) == "memory"
 
 

@@ -77,7 +77,7 @@ def _watch(keras, predict, arrays: Arrays, keep_model, options: TrainOptions, st
             self.started = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
-            score = _validate(predict(view), y_val, dx_val, options.select_on, logs)
+            score = validation_figures(predict(view), y_val, dx_val, options.select_on, logs)
             self.improved = score > self.best
             if self.improved:
                 self.best, self.best_weights, self.wait = score, keep_model.get_weights(), 0
@@ -91,7 +91,7 @@ def _watch(keras, predict, arrays: Arrays, keep_model, options: TrainOptions, st
     return Watch()
 
 
-def _validate(outputs, y_val, dx_val, select_on: str, logs: dict) -> float:
+def validation_figures(outputs, y_val, dx_val, select_on: str, logs: dict) -> float:
     """Put the validation figures into logs; return the score that selects epochs."""
     z = model_lib.malignant_logits(outputs)
     logs["val_auc"], logs["val_loss"] = auc(z, y_val), calibration.nll(z, y_val)
@@ -105,7 +105,7 @@ def score_on_pool(nets: Nets, arrays: Arrays, options: TrainOptions) -> float:
     """The network's score on the calibration pool's view, as epochs are selected on it (_watch)."""
     view = arrays.epoch_view()
     outputs = distribute.predict(nets.synced(), arrays.x_cal[view], 64, options.distribute)
-    return _validate(outputs, arrays.y_cal[view], arrays.dx_cal[view], options.select_on, {})
+    return validation_figures(outputs, arrays.y_cal[view], arrays.dx_cal[view], options.select_on, {})
 
 
 def _balanced_softmax(keras, log_prior: np.ndarray, smoothing: float):
@@ -129,7 +129,7 @@ def _balanced_softmax(keras, log_prior: np.ndarray, smoothing: float):
     return diagnosis_loss
 
 
-def _compile(keras, model, learning_rate, options: TrainOptions, arrays: Arrays, weights=None) -> None:
+def compile_heads(keras, model, learning_rate, options: TrainOptions, arrays: Arrays, weights=None) -> None:
     """Compile for one or both outputs; weights are the two losses' weights (default: 1 and diagnosis_loss_weight)."""
     if options.loss == "focal":
         # Focal loss down-weights easy cases, so the hard, ambiguous lesions
@@ -167,7 +167,7 @@ def fit_head(keras, nets: Nets, arrays: Arrays, options: TrainOptions, features,
     """The heads on cached features (head_features); keeps the best epoch's weights and returns its score."""
     f_train, f_cal = features
     y_train, w_train = arrays.targets(copies=options.head_copies)
-    _compile(keras, nets.head, options.head_learning_rate, options, arrays)
+    compile_heads(keras, nets.head, options.head_learning_rate, options, arrays)
     watch = _watch(keras, lambda view: distribute.predict(nets.head, f_cal, 256, options.distribute), arrays, nets.head,
                    options)
     h = nets.head.fit(f_train, y_train, sample_weight=w_train, batch_size=options.batch_size,
@@ -202,12 +202,12 @@ def fine_tune(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history:
     """
     trained = model_lib.set_fine_tuning(nets.backbone, options.fine_tune_from)
     log(f"phase 2: fine-tuning {trained} backbone layers from {options.fine_tune_from} at {options.fit_size} px")
-    batches = _batches(keras, arrays, options)
+    batches = fine_tuning_batches(keras, arrays, options)
     schedule = keras.optimizers.schedules.CosineDecay(
         options.fine_tune_learning_rate / 100, len(batches) * options.fine_tune_epochs, alpha=0.05,
         warmup_target=options.fine_tune_learning_rate, warmup_steps=len(batches))
     dx_weight = options.diagnosis_loss_weight if options.diagnosis_in_fine_tuning else 0.0
-    _compile(keras, nets.net, schedule, options, arrays, weights=(1.0, dx_weight))
+    compile_heads(keras, nets.net, schedule, options, arrays, weights=(1.0, dx_weight))
     first, start = _resume_point(nets, checkpoint, head_best, batches, options, log)
     deadline = clock.started + 60 * options.time_budget_minutes if options.time_budget_minutes else None
 
@@ -226,7 +226,7 @@ def fine_tune(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history:
     nets.net.set_weights(watch.best_weights)
 
 
-def _batches(keras, arrays: Arrays, options: TrainOptions):
+def fine_tuning_batches(keras, arrays: Arrays, options: TrainOptions):
     """Fine-tuning's batches: the in-memory PyDataset of a single process, else the tf.data pipeline."""
     if options.distribute == "none" and isinstance(arrays.x_train, np.ndarray):
         return augmented_batches(keras, arrays, options)
@@ -275,7 +275,7 @@ def refit_diagnosis(keras, nets: Nets, arrays: Arrays, options: TrainOptions, hi
     f_cal = _features(model_lib.feature_extractor(nets.synced()), arrays.x_cal[view], options.distribute)
     head = nets.head
     head.get_layer("logit").trainable = False
-    _compile(keras, head, options.head_learning_rate, options, arrays, weights=(0.0, 1.0))
+    compile_heads(keras, head, options.head_learning_rate, options, arrays, weights=(0.0, 1.0))
     y, w = arrays.targets()
     select = replace(options, select_on="auc+dx")  # the AUC term is constant here: the logit layer is frozen
     watch = _watch(keras, lambda v: distribute.predict(head, f_cal, 256, options.distribute), arrays, head, select)
