@@ -21,28 +21,27 @@ from pathlib import Path
 import numpy as np
 
 
-def _score(nets, arrays) -> tuple[float, float]:
+def _score(nets, arrays, options) -> tuple[float, float]:
     from edgeskin.training import phases
 
-    view, logs = arrays.epoch_view(), {}
-    outputs = nets.synced().predict(arrays.x_cal[view], batch_size=64, verbose=0)
-    phases.validation_figures(outputs, arrays.y_cal[view], arrays.dx_cal[view], "auc+dx", logs)
+    logs = {}
+    phases.score_on_pool(nets, arrays, options, logs)
     return logs["val_auc"], logs["val_dx_balanced_accuracy"]
 
 
-def _scored_with(nets, arrays, variables, values) -> tuple[float, float]:
+def _scored_with(nets, arrays, options, variables, values) -> tuple[float, float]:
     """The score with values in place of the variables' own, which are put back afterwards."""
     own = [v.numpy() for v in variables]
     for v, x in zip(variables, values):
         v.assign(x)
     try:
-        return _score(nets, arrays)
+        return _score(nets, arrays, options)
     finally:
         for v, x in zip(variables, own):
             v.assign(x)
 
 
-def _averages(keras, nets, arrays, momentum: float, started: float):
+def _averages(keras, nets, arrays, options, momentum: float, started: float):
     variables = nets.net.trainable_variables
 
     class Averages(keras.callbacks.Callback):
@@ -66,8 +65,9 @@ def _averages(keras, nets, arrays, momentum: float, started: float):
             now = [v.numpy() for v in variables]
             self.count += 1
             self.swa = now if self.swa is None else [s + (x - s) / self.count for s, x in zip(self.swa, now)]
-            rows = {"as trained": _score(nets, arrays), f"EMA {momentum}": _scored_with(nets, arrays, variables, self.ema),
-                    f"SWA of {self.count} epochs": _scored_with(nets, arrays, variables, self.swa)}
+            rows = {"as trained": _score(nets, arrays, options),
+                    f"EMA {momentum}": _scored_with(nets, arrays, options, variables, self.ema),
+                    f"SWA of {self.count} epochs": _scored_with(nets, arrays, options, variables, self.swa)}
             for name, (auc, dx) in rows.items():
                 print(f"epoch {epoch + 1}  {name:22s} AUC {auc:.4f}  balanced accuracy {dx:.4f}  sum {auc + dx:.4f}")
             print(f"epoch {epoch + 1}  {seconds:.0f} s, of which the EMA's updates {self.ema_seconds:.1f} s "
@@ -96,15 +96,14 @@ def main() -> None:
     arrays = load_arrays(sets.discover(args.run / "splits.csv"), options)
     keras.utils.set_random_seed(options.seed)
     nets = phases.build_nets(options)
-    nets.serving.set_weights(model_lib.load(args.run / "best.keras").get_weights())
-    nets.net.set_weights(nets.serving.get_weights())
+    nets.load(args.run / "best.keras")
     model_lib.set_fine_tuning(nets.backbone, options.fine_tune_from)
-    auc, dx = _score(nets, arrays)
+    auc, dx = _score(nets, arrays, options)
     print(f"start ({args.run}): AUC {auc:.4f}  balanced accuracy {dx:.4f}  sum {auc + dx:.4f}; "
           f"{(time.time() - started) / 60:.1f} min")
     batches = phases.fine_tuning_batches(keras, arrays, options)
     phases.compile_heads(keras, nets.net, args.lr, options, arrays, weights=(1.0, options.diagnosis_loss_weight))
-    callback = _averages(keras, nets, arrays, args.ema_momentum, started)
+    callback = _averages(keras, nets, arrays, options, args.ema_momentum, started)
     nets.net.fit(batches, epochs=args.epochs, callbacks=[callback], verbose=2)
     print(f"trainable weights averaged: {sum(int(np.prod(v.shape)) for v in nets.net.trainable_variables):,}")
 

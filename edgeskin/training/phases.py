@@ -32,6 +32,12 @@ class Nets:
             self.serving.set_weights(self.net.get_weights())
         return self.serving
 
+    def load(self, path) -> None:
+        """Both networks take the weights of a saved serving network (a run's best.keras)."""
+        self.serving.set_weights(model_lib.load(path).get_weights())
+        if self.net is not self.serving:
+            self.net.set_weights(self.serving.get_weights())
+
 
 def build_nets(options: TrainOptions, strategy=None) -> Nets:
     serving, backbone, head = model_lib.build(options.model)
@@ -101,11 +107,13 @@ def validation_figures(outputs, y_val, dx_val, select_on: str, logs: dict) -> fl
     return logs["val_auc"] + (logs["val_dx_balanced_accuracy"] if select_on == "auc+dx" else 0.0)
 
 
-def score_on_pool(nets: Nets, arrays: Arrays, options: TrainOptions) -> float:
-    """The network's score on the calibration pool's view, as epochs are selected on it (_watch)."""
+def score_on_pool(nets: Nets, arrays: Arrays, options: TrainOptions, logs: dict | None = None) -> float:
+    """The network's score on the calibration pool's view, as epochs are selected on it (_watch); its
+    figures (AUC, and the diagnosis balanced accuracy) go into logs when given."""
     view = arrays.epoch_view()
     outputs = distribute.predict(nets.synced(), arrays.x_cal[view], 64, options.distribute)
-    return validation_figures(outputs, arrays.y_cal[view], arrays.dx_cal[view], options.select_on, {})
+    return validation_figures(outputs, arrays.y_cal[view], arrays.dx_cal[view], options.select_on,
+                              {} if logs is None else logs)
 
 
 def _balanced_softmax(keras, log_prior: np.ndarray, smoothing: float):

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgeskin import __version__
 from edgeskin.data import sets, splits
-from edgeskin.training import distribute, model as model_lib, quantaware, streaming
+from edgeskin.training import distribute, quantaware, streaming
 from edgeskin.training.arrays import load_arrays
 from edgeskin.training.options import RunResult, TrainOptions
 from edgeskin.training.checkpoint import Checkpoint
@@ -86,11 +86,9 @@ def _check_start(start_from: Path, run_dir: Path, dataset: sets.Dataset) -> None
 def _start_weights(nets, start_from: Path, arrays, options: TrainOptions, log) -> float:
     """Load a finished run's network (its best.keras), put it on the int8 grid if asked; returns its score."""
     try:
-        nets.serving.set_weights(model_lib.load(start_from / "best.keras").get_weights())
+        nets.load(start_from / "best.keras")
     except ValueError as exc:
         raise RunError(f"{start_from}: its network does not match these options ({exc})") from exc
-    if nets.net is not nets.serving:
-        nets.net.set_weights(nets.serving.get_weights())
     _snap(nets, options, log)
     score = score_on_pool(nets, arrays, options)
     log(f"started from {start_from}: its network scores {score:.4f} on the calibration pool")
@@ -238,13 +236,12 @@ def _phases(keras, nets, arrays, options: TrainOptions, log, clock, checkpoint: 
     history and the serving net."""
     state = checkpoint.state()
     history = History(state["history"] if state else [])
-    if state is None and start_from:
-        head_best = _start_weights(nets, start_from, arrays, options, log)
-        checkpoint.save({"phase": "head", "best": head_best, "history": list(history),
-                         "elapsed_seconds": clock.elapsed()}, nets.net.get_weights())
-    elif state is None:
-        _snap(nets, options, log)
-        head_best = train_head(keras, nets, arrays, options, history, log)
+    if state is None:
+        if start_from:
+            head_best = _start_weights(nets, start_from, arrays, options, log)
+        else:
+            _snap(nets, options, log)
+            head_best = train_head(keras, nets, arrays, options, history, log)
         checkpoint.save({"phase": "head", "best": head_best, "history": list(history),
                          "elapsed_seconds": clock.elapsed()}, nets.net.get_weights())
     else:
