@@ -1,6 +1,7 @@
 """The model in models/: usable with no --model, self-describing, reproducible."""
 
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -34,6 +35,19 @@ def test_shipped_files_agree_with_each_other():
     assert f"{m['roc_auc']['value']:.3f}" in card
     for f in m["figures"]:
         assert (MODELS / f).is_file() and f"({f})" in card
+
+
+def test_the_shipped_model_was_trained_with_the_named_recipe():
+    # for_multisource() is documented as the shipped recipe; one run with it must be what models/ records.
+    from edgeskin.training.options import TrainOptions
+
+    config = json.loads((MODELS / "training" / "config.json").read_text())
+    assert "started_from" not in config, "the shipped model came from one run"
+    recorded = TrainOptions.from_dict(config["options"])
+    recipe = TrainOptions.for_multisource(seed=recorded.seed)
+    # train fills the diagnosis names in from the data.
+    recipe = replace(recipe, model=replace(recipe.model, diagnoses=recorded.model.diagnoses))
+    assert recorded == recipe
 
 
 @pytest.mark.slow
