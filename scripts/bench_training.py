@@ -6,6 +6,7 @@ given layer, and times steady-state training steps on random pixels after a
 warm-up, with no input pipeline: what the network itself costs per image.
 
     python scripts/bench_training.py --batch-sizes 32 64 --size 160 --from block_11_expand --steps 20
+    python scripts/bench_training.py --batch-sizes 32 --from block_6_expand --xla off on off on   # XLA against none
 """
 
 from __future__ import annotations
@@ -20,7 +21,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def images_per_second(batch_size: int, size: int, start: str, steps: int) -> float:
+def images_per_second(batch_size: int, size: int, start: str, steps: int, xla: bool = False) -> float:
     import keras
 
     from edgeskin.data import sets
@@ -31,7 +32,8 @@ def images_per_second(batch_size: int, size: int, start: str, steps: int) -> flo
     net, backbone, _ = model_lib.build(options)
     model_lib.set_fine_tuning(backbone, start)
     net.compile(optimizer=keras.optimizers.Adam(1e-5), loss=[keras.losses.BinaryCrossentropy(from_logits=True),
-                                                             keras.losses.CategoricalCrossentropy(from_logits=True)])
+                                                             keras.losses.CategoricalCrossentropy(from_logits=True)],
+                jit_compile=xla)
     rng = np.random.default_rng(0)
     x = rng.integers(0, 256, (batch_size * steps, size, size, 3), dtype=np.uint8).astype("float32")
     y = (rng.integers(0, 2, (len(x), 1)).astype("float32"),
@@ -48,10 +50,15 @@ def main() -> None:
     ap.add_argument("--size", type=int, default=160)
     ap.add_argument("--from", dest="start", default="block_11_expand")
     ap.add_argument("--steps", type=int, default=20, help="timed steps per batch size, after 3 warm-up steps")
+    ap.add_argument("--xla", nargs="+", choices=["off", "on"], default=["off"],
+                    help="XLA (jit_compile) settings to time, in this order, for every batch size; the warm-up "
+                         "steps take the compilation")
     args = ap.parse_args()
-    print(f"{'batch':>6s} {'img/s':>8s}   ({args.size} px, unfrozen from {args.start}, {args.steps} steps)")
+    print(f"{'batch':>6s} {'XLA':>4s} {'img/s':>8s}   ({args.size} px, unfrozen from {args.start}, {args.steps} steps)")
     for b in args.batch_sizes:
-        print(f"{b:6d} {images_per_second(b, args.size, args.start, args.steps):8.1f}", flush=True)
+        for xla in args.xla:
+            speed = images_per_second(b, args.size, args.start, args.steps, xla == "on")
+            print(f"{b:6d} {xla:>4s} {speed:8.1f}", flush=True)
 
 
 if __name__ == "__main__":
