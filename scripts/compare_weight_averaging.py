@@ -9,6 +9,9 @@ diagnosis balanced accuracy on the calibration pool's q75 copy. The EMA's
 cost is its own update time against the epoch's. Test splits are never read.
 
 Example: python scripts/compare_weight_averaging.py runs/multi-v4-s42 --epochs 3 --lr 3e-5
+
+With --train-image-size it also measures a short phase at another input size
+(FixRes: a run trained at 160 px, which is scored at 224, goes on at 224).
 """
 
 from __future__ import annotations
@@ -82,6 +85,7 @@ def main() -> None:
     ap.add_argument("--epochs", type=int, default=3)
     ap.add_argument("--lr", type=float, default=3e-5)
     ap.add_argument("--ema-momentum", type=float, default=0.999)
+    ap.add_argument("--train-image-size", type=int, default=None, help="the random crops' size [default: the run's]")
     args = ap.parse_args()
 
     import keras
@@ -93,6 +97,8 @@ def main() -> None:
 
     started = time.time()
     options = replace(TrainOptions.from_dict(run_lib.read_config(args.run)["options"]), fine_tune_epochs=args.epochs)
+    if args.train_image_size:
+        options = replace(options, train_image_size=args.train_image_size)
     arrays = load_arrays(sets.discover(args.run / "splits.csv"), options)
     keras.utils.set_random_seed(options.seed)
     nets = phases.build_nets(options)
