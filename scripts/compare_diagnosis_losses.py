@@ -27,16 +27,6 @@ LOSSES = {  # name: (diagnosis_loss, diagnosis_weighting, label_smoothing)
 }
 
 
-def _data(sources, options):
-    from edgeskin.data import sets, splits
-    from edgeskin.training.arrays import load_arrays
-
-    dataset = splits.split_validation(sets.discover_many(sources), options.val_fraction, options.seed,
-                                      options.max_duplicate_distance)
-    options = replace(options, model=replace(options.model, diagnoses=sets.DIAGNOSES))
-    return dataset, options, load_arrays(dataset, options)
-
-
 def _score(nets, arrays, f_cal, melanoma: int) -> dict:
     from edgeskin.training import model as model_lib
     from edgeskin.training.report import auc, diagnosis_report
@@ -61,13 +51,15 @@ def main() -> None:
 
     from edgeskin.data import sets
     from edgeskin.training import phases, quantaware
-    from edgeskin.training.arrays import diagnosis_targets
+    from edgeskin.training.arrays import diagnosis_targets, load_arrays
     from edgeskin.training.options import TrainOptions
+    from edgeskin.training.train import prepare_dataset
 
     started = time.time()
     options = TrainOptions.for_multisource(seed=args.seed, val_fraction=args.val_fraction, head_copies=1,
                                            head_epochs=args.head_epochs, fine_tune_from=args.fine_tune_from)
-    dataset, options, arrays = _data(args.sources, options)
+    dataset, options = prepare_dataset(args.sources, options, print)
+    arrays = load_arrays(dataset, options)
     keras.utils.set_random_seed(options.seed)
     nets = phases.build_nets(options)
     quantaware.snap_below(nets.backbone, options.fine_tune_from)

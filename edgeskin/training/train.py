@@ -151,7 +151,7 @@ class _Clock:
         self._log(f"[{self.elapsed() / 60:5.1f} min] {message}")
 
 
-def _dataset(sources, options: TrainOptions, log) -> tuple[sets.Dataset, TrainOptions]:
+def prepare_dataset(sources, options: TrainOptions, log) -> tuple[sets.Dataset, TrainOptions]:
     """The data, split; and the options with the diagnosis head switched on when the data names diagnoses."""
     dataset = splits.split_validation(sets.discover_many(sources), options.val_fraction, options.seed,
                                     options.max_duplicate_distance)
@@ -199,7 +199,7 @@ def _train(source, run_dir: Path, options: TrainOptions, overwrite: bool, log, c
     if not resume:
         check_run_dir(run_dir, overwrite)
     sources = [source] if isinstance(source, (str, os.PathLike)) else list(source)
-    dataset, options = _dataset(sources, options, log)
+    dataset, options = prepare_dataset(sources, options, log)
     if start_from and not resume:
         _check_start(start_from, run_dir, dataset)
     arrays = load_arrays(dataset, options)
