@@ -125,6 +125,47 @@ def _paired(a: Path, b: Path, runs: int) -> int:
     return 0
 
 
+def _measure_each(args) -> list[dict]:
+    """Each model measured in a process of its own, so one model's arena never inflates the next one's RSS."""
+    results = []
+    for name, model in [*DEFAULTS.items(), *((n, Path(m)) for n, m in args.extra)]:
+        if not model.is_file():
+            print(f"skip {name}: {model} not found", file=sys.stderr)
+            continue
+        cmd = [sys.executable, __file__, "--one", name, str(model), "--images", str(args.images),
+               "--runs", str(args.runs), "--limit", str(args.limit)]
+        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
+        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
+    return results
+
+
+def _print_table(results: list[dict], args, n_images: int) -> None:
+    """The table, then the ratios the latency bar is read from."""
+    print(f"{os.cpu_count()} CPU cores; {args.runs} timed runs per setting; throughput over {n_images} JPEGs "
+          f"from {args.images} with 2 threads")
+    print(f"{'model':<18}{'size MB':>8}{'p50 1t':>9}{'p95 1t':>9}{'p50 2t':>9}{'p95 2t':>9}{'img/s':>8}{'RSS MB':>8}")
+    for r in results:
+        tp = f"{r['throughput_img_s']:.0f}" if r["throughput_img_s"] else "-"
+        print(f"{r['name']:<18}{r['size_mb']:>8.2f}{r['latency_1t']['p50_ms']:>9.2f}{r['latency_1t']['p95_ms']:>9.2f}"
+              f"{r['latency_2t']['p50_ms']:>9.2f}{r['latency_2t']['p95_ms']:>9.2f}{tp:>8}{r['peak_rss_mb']:>8.0f}")
+    by = {r["name"]: r for r in results}
+    if "edgeskin int8" in by:
+        tta = by["edgeskin int8"]["latency_tta_1t"]
+        print(f"--tta on edgeskin int8, 1 thread: p50 {tta['p50_ms']:.2f} ms, p95 {tta['p95_ms']:.2f} ms per image")
+    if "edgeskin int8" in by and "reference int8" in by:
+        for t in (1, 2):
+            ratio = by["edgeskin int8"][f"latency_{t}t"]["p50_ms"] / by["reference int8"][f"latency_{t}t"]["p50_ms"]
+            print(f"ratio edgeskin int8 / reference int8, p50 latency at {t} thread(s): {ratio:.3f}")
+        size = by["edgeskin int8"]["size_mb"] / by["reference int8"]["size_mb"]
+        print(f"ratio edgeskin int8 / reference int8, file size: {size:.3f}")
+    for name, _ in args.extra:
+        if "edgeskin int8" in by and name in by:
+            for t in (1, 2):
+                ratio = by["edgeskin int8"][f"latency_{t}t"]["p50_ms"] / by[name][f"latency_{t}t"]["p50_ms"]
+                print(f"ratio edgeskin int8 / {name}, p50 latency at {t} thread(s): {ratio:.3f}")
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--images", type=Path, default=ROOT.parent / "shared" / "data" / "isic-binary" / "test")
@@ -147,39 +188,8 @@ def main(argv=None) -> int:
         print(json.dumps(measure(args.one[0], Path(args.one[1]), images, args.runs)))
         return 0
 
-    results = []
-    for name, model in [*DEFAULTS.items(), *((n, Path(m)) for n, m in args.extra)]:
-        if not model.is_file():
-            print(f"skip {name}: {model} not found", file=sys.stderr)
-            continue
-        cmd = [sys.executable, __file__, "--one", name, str(model), "--images", str(args.images),
-               "--runs", str(args.runs), "--limit", str(args.limit)]
-        env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
-        proc = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
-        results.append(json.loads(proc.stdout.strip().splitlines()[-1]))
-
-    print(f"{os.cpu_count()} CPU cores; {args.runs} timed runs per setting; throughput over {len(images)} JPEGs "
-          f"from {args.images} with 2 threads")
-    print(f"{'model':<18}{'size MB':>8}{'p50 1t':>9}{'p95 1t':>9}{'p50 2t':>9}{'p95 2t':>9}{'img/s':>8}{'RSS MB':>8}")
-    for r in results:
-        tp = f"{r['throughput_img_s']:.0f}" if r["throughput_img_s"] else "-"
-        print(f"{r['name']:<18}{r['size_mb']:>8.2f}{r['latency_1t']['p50_ms']:>9.2f}{r['latency_1t']['p95_ms']:>9.2f}"
-              f"{r['latency_2t']['p50_ms']:>9.2f}{r['latency_2t']['p95_ms']:>9.2f}{tp:>8}{r['peak_rss_mb']:>8.0f}")
-    by = {r["name"]: r for r in results}
-    if "edgeskin int8" in by:
-        tta = by["edgeskin int8"]["latency_tta_1t"]
-        print(f"--tta on edgeskin int8, 1 thread: p50 {tta['p50_ms']:.2f} ms, p95 {tta['p95_ms']:.2f} ms per image")
-    if "edgeskin int8" in by and "reference int8" in by:
-        for t in (1, 2):
-            ratio = by["edgeskin int8"][f"latency_{t}t"]["p50_ms"] / by["reference int8"][f"latency_{t}t"]["p50_ms"]
-            print(f"ratio edgeskin int8 / reference int8, p50 latency at {t} thread(s): {ratio:.3f}")
-        size = by["edgeskin int8"]["size_mb"] / by["reference int8"]["size_mb"]
-        print(f"ratio edgeskin int8 / reference int8, file size: {size:.3f}")
-    for name, _ in args.extra:
-        if "edgeskin int8" in by and name in by:
-            for t in (1, 2):
-                ratio = by["edgeskin int8"][f"latency_{t}t"]["p50_ms"] / by[name][f"latency_{t}t"]["p50_ms"]
-                print(f"ratio edgeskin int8 / {name}, p50 latency at {t} thread(s): {ratio:.3f}")
+    results = _measure_each(args)
+    _print_table(results, args, len(images))
     return 0
 
 

@@ -49,6 +49,30 @@ def wait_healthy(url: str, seconds: float, server: subprocess.Popen) -> None:
     raise TimeoutError(f"the app did not come up at {url} within {seconds:.0f} s")
 
 
+def _upload_and_capture(url: str, args) -> str:
+    """Open the app, upload the image, wait for the result and its Grad-CAM, screenshot; the result line."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_FLAGS)
+        page = browser.new_page(viewport={"width": 1280, "height": 1500})
+        page.goto(url, wait_until="networkidle", timeout=args.timeout * 1000)
+        page.get_by_text("Not a diagnosis").first.wait_for(timeout=args.timeout * 1000)
+        page.locator("input[type=file]").first.set_input_files(str(args.image))
+        result = page.get_by_text(re.compile(r"malignant_probability \d\.\d{3} at threshold")).first
+        result.wait_for(timeout=args.timeout * 1000)
+        # The Grad-CAM column renders after the probability.
+        page.get_by_text("Grad-CAM: regions").first.wait_for(timeout=args.timeout * 1000)
+        page.wait_for_function(
+            "Array.from(document.images).filter(i => i.complete && i.naturalWidth >= 200).length >= 2",
+            timeout=args.timeout * 1000)
+        page.wait_for_timeout(500)
+        text = result.inner_text()
+        page.screenshot(path=str(args.out), full_page=True)
+        browser.close()
+    return text
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--image", type=Path, default=ROOT / "data" / "samples" / "malignant_1.jpg")
@@ -57,8 +81,6 @@ def main(argv=None) -> int:
     parser.add_argument("--chromium", default=shutil.which("chromium") or "/usr/bin/chromium")
     parser.add_argument("--timeout", type=float, default=180)
     args = parser.parse_args(argv)
-
-    from playwright.sync_api import sync_playwright
 
     port = free_port()
     url = f"http://127.0.0.1:{port}"
@@ -70,23 +92,7 @@ def main(argv=None) -> int:
         server = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=env, cwd=ROOT)
         try:
             wait_healthy(url, args.timeout, server)
-            with sync_playwright() as pw:
-                browser = pw.chromium.launch(executable_path=args.chromium, args=CHROMIUM_FLAGS)
-                page = browser.new_page(viewport={"width": 1280, "height": 1500})
-                page.goto(url, wait_until="networkidle", timeout=args.timeout * 1000)
-                page.get_by_text("Not a diagnosis").first.wait_for(timeout=args.timeout * 1000)
-                page.locator("input[type=file]").first.set_input_files(str(args.image))
-                result = page.get_by_text(re.compile(r"malignant_probability \d\.\d{3} at threshold")).first
-                result.wait_for(timeout=args.timeout * 1000)
-                # The Grad-CAM column renders after the probability.
-                page.get_by_text("Grad-CAM: regions").first.wait_for(timeout=args.timeout * 1000)
-                page.wait_for_function(
-                    "Array.from(document.images).filter(i => i.complete && i.naturalWidth >= 200).length >= 2",
-                    timeout=args.timeout * 1000)
-                page.wait_for_timeout(500)
-                text = result.inner_text()
-                page.screenshot(path=str(args.out), full_page=True)
-                browser.close()
+            text = _upload_and_capture(url, args)
             print(f"PASS: {args.image.name}: {text.strip()}; screenshot {args.out}")
             return 0
         except Exception as exc:  # report any failure as one line, with the server's log
