@@ -15,6 +15,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import sys
 from pathlib import Path
 
 
@@ -29,9 +30,12 @@ def main() -> None:
         label = {str((args.manifest.parent / r["path"]).resolve()): int(r["label"] in ("1", "malignant"))
                  for r in csv.DictReader(f)}
     scores = {}
-    for line in args.predictions.read_text().splitlines():
-        row = json.loads(line)
-        scores[str(Path(row["path"]).resolve())] = row["malignant_probability"]
+    for n, line in enumerate(args.predictions.read_text().splitlines(), 1):
+        try:
+            row = json.loads(line)
+            scores[str(Path(row["path"]).resolve())] = row["malignant_probability"]
+        except (json.JSONDecodeError, KeyError, TypeError):
+            sys.exit(f"{args.predictions}: line {n} is not a line of `edgeskin predict --json` output")
     keys = [k for k in label if k in scores]
     auc = roc_auc_score([label[k] for k in keys], [scores[k] for k in keys])
     print(f"{len(keys)} of {len(label)} images scored; ROC AUC {auc:.4f}")

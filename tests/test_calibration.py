@@ -86,20 +86,34 @@ def test_ece_hand_computed():
 
 
 def test_platt_fit_on_a_hand_computed_saturated_case():
-    """Two score levels, logits -1 and +1, with 1 of 4 and 2 of 3 malignant:
-    two parameters fit two points exactly, so sigmoid(a t + b) equals each
-    level's malignant share, a = (logit(2/3) - logit(1/4)) / 2 and
-    b = (logit(1/4) + logit(2/3)) / 2."""
+    """Two score levels, logits -1 and +1, with 1 of 4 and 2 of 3 malignant.
+    Platt's targets put 4/5 for a malignant image (n+ = 3) and 1/6 for a benign
+    one (n- = 4), so the levels' mean targets are (4/5 + 3/6) / 4 = 0.325 and
+    (8/5 + 1/6) / 3 = 53/90; two parameters fit two points exactly, so
+    sigmoid(a t + b) equals each, a = (logit(53/90) - logit(0.325)) / 2 and
+    b = (logit(0.325) + logit(53/90)) / 2."""
     from edgeskin.runtime.calibration import fit_platt, sigmoid
 
     x1, x2 = float(sigmoid(-1.0)), float(sigmoid(1.0))
     scores = [x1] * 4 + [x2] * 3
     labels = [1, 0, 0, 0, 1, 1, 0]
     m = fit_platt(scores, labels)
-    l1, l2 = np.log(1 / 3), np.log(2.0)
+    l1, l2 = np.log(0.325 / 0.675), np.log(53 / 37)
     assert m.slope == pytest.approx((l2 - l1) / 2, abs=1e-6)
     assert m.offset == pytest.approx((l1 + l2) / 2, abs=1e-6)
-    assert m.apply([x1, x2]) == pytest.approx([1 / 4, 2 / 3], abs=1e-6)
+    assert m.apply([x1, x2]) == pytest.approx([0.325, 53 / 90], abs=1e-6)
+
+
+def test_platt_fit_stays_finite_on_perfectly_separated_scores():
+    """Hard targets would send the slope to infinity here (a small site's
+    scores can separate its classes perfectly); Platt's targets, 31/32 and
+    1/32 for 30 of each class, are met exactly instead."""
+    from edgeskin.runtime.calibration import fit_platt
+
+    x = [0.2] * 30 + [0.8] * 30
+    m = fit_platt(x, [0] * 30 + [1] * 30)
+    assert m.apply([0.2, 0.8]) == pytest.approx([1 / 32, 31 / 32], abs=1e-6)
+    assert m.slope == pytest.approx(np.log(31) / np.log(4), abs=1e-6)
 
 
 def test_platt_identity_and_mediapipe_clamping():
@@ -175,3 +189,11 @@ def test_coinciding_operating_points_are_explained():
     # Apart, nothing to explain.
     apart = {k: v.to_dict() for k, v in cal.choose_operating_points(np.linspace(0, 1, 40), [0] * 20 + [1] * 20).items()}
     assert len({v["threshold"] for v in apart.values()}) == 3 and coinciding(apart) == []
+
+
+def test_platt_refuses_scores_that_barely_vary():
+    """Scores 0.0004 apart in logit cannot be stretched into probabilities: the slope would pass 8,000."""
+    from edgeskin.runtime.calibration import fit_platt
+
+    with pytest.raises(ValueError, match="barely vary"):
+        fit_platt([0.5] * 30 + [0.5001] * 30, [0] * 30 + [1] * 30)

@@ -212,13 +212,19 @@ def fit_platt(scores, labels, iterations: int = 200) -> Platt:
     offset fixes a shift of every probability up or down, which a
     temperature cannot (the prevalence or camera of a new site moves it).
     Each Newton step is halved until the NLL falls, so a badly over- or
-    under-confident model converges instead of running away.
+    under-confident model converges instead of running away. The targets
+    are Platt's own, (n+ + 1) / (n+ + 2) and 1 / (n- + 2) rather than 1 and
+    0: on a set the scores separate perfectly, as a small site's can be, hard
+    targets send the slope to infinity, and no finite set justifies
+    probabilities of exactly 0 or 1 anyway.
     """
     x = np.asarray(scores, dtype=np.float64)
     t = inverse_logistic(np.where(x <= 0.0, _FIT_CLIP, np.where(x >= 1.0, 1.0 - _FIT_CLIP, x)))
     y = np.asarray(labels, dtype=np.float64)
     if len(t) == 0 or y.min() == y.max():
         raise ValueError("Platt scaling needs both classes in the calibration data")
+    n_pos = float(y.sum())
+    y = np.where(y > 0, (n_pos + 1) / (n_pos + 2), 1 / (len(y) - n_pos + 2))
     X = np.stack([t, np.ones_like(t)], axis=1)
     w = np.array([1.0, 0.0])
     loss = _platt_nll(X, y, w)
