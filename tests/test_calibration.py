@@ -187,7 +187,10 @@ def test_coinciding_operating_points_are_explained():
     assert len(notes) == 3 and notes[2].startswith("balanced and specific share the threshold 0.6000")
     assert "best sensitivity + specificity is also the lowest threshold with specificity >= 0.90" in notes[2]
     # Apart, nothing to explain.
-    apart = {k: v.to_dict() for k, v in cal.choose_operating_points(np.linspace(0, 1, 40), [0] * 20 + [1] * 20).items()}
+    rng = np.random.default_rng(1)
+    y = rng.random(500) < 0.4
+    p = np.clip(rng.normal(0.3 + 0.4 * y, 0.2), 0, 1)
+    apart = {k: v.to_dict() for k, v in cal.choose_operating_points(p, y).items()}
     assert len({v["threshold"] for v in apart.values()}) == 3 and coinciding(apart) == []
 
 
@@ -197,3 +200,18 @@ def test_platt_refuses_scores_that_barely_vary():
 
     with pytest.raises(ValueError, match="barely vary"):
         fit_platt([0.5] * 30 + [0.5001] * 30, [0] * 30 + [1] * 30)
+
+
+def test_screening_never_sits_above_balanced_nor_specific_below_it():
+    """On 40 well-separated scores the bare screening rule stops at 0.512 (sensitivity 0.95), above the
+    balanced threshold 0.499 that catches every melanoma: the balanced threshold serves screening too."""
+    rng = np.random.default_rng(0)
+    y = np.r_[np.zeros(20), np.ones(20)]
+    p = np.clip(np.r_[rng.normal(0.35, 0.15, 20), rng.normal(0.65, 0.15, 20)], 0, 1)
+    bare = np.sort(p[y == 1])[1]  # the bare rule's threshold: it misses one melanoma of 20
+    assert cal.rates(p, y, bare)[0] == pytest.approx(0.95)
+    points = cal.choose_operating_points(p, y)
+    assert bare > points["balanced"].threshold
+    assert points["screening"].threshold <= points["balanced"].threshold <= points["specific"].threshold
+    assert points["screening"].threshold == points["balanced"].threshold
+    assert (points["screening"].sensitivity, points["screening"].specificity) == (1.0, 0.9)

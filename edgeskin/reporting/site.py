@@ -313,9 +313,9 @@ def summary(result: SiteResult) -> str:
 
 
 # What picks each point (calibration.choose_operating_points), to say why two of them can land on one threshold.
-_RULES = {"screening": "the highest threshold that reaches the target sensitivity",
+_RULES = {"screening": "the highest threshold that reaches the target sensitivity (or the balanced one, if lower)",
           "balanced": "the threshold with the best sensitivity + specificity",
-          "specific": "the lowest threshold with specificity >= 0.90"}
+          "specific": "the lowest threshold with specificity >= 0.90 (or the balanced one, if higher)"}
 
 
 def coinciding(points: dict) -> list[str]:

@@ -107,6 +107,11 @@ def choose_operating_points(probabilities, labels,
                more than a false alarm;
     balanced:  the threshold that maximises Youden's J (sens + spec - 1);
     specific:  the lowest threshold whose specificity is >= 0.90.
+
+    Screening never sits above balanced, nor specific below it: on a small
+    split the scores separate well, the screening rule could stop above a
+    balanced threshold that catches more melanomas, and the points would read
+    in the wrong order. There the balanced threshold serves both.
     """
     p = np.asarray(probabilities, dtype=np.float64)
     y = np.asarray(labels).astype(bool)
@@ -123,6 +128,7 @@ def choose_operating_points(probabilities, labels,
     specific = np.nonzero(spec >= SPECIFIC_SPECIFICITY)[0].min()  # the last t has specificity 1
     j = sens + spec - 1
     balanced = np.nonzero(j == j.max())[0].min()  # on a tie, the more sensitive one
+    screening, specific = min(screening, balanced), max(specific, balanced)
     return {
         "screening": point("screening", screening),
         "balanced": point("balanced", balanced),
