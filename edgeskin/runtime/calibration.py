@@ -210,6 +210,20 @@ def _platt_nll(X, y, w) -> float:
     return float(np.mean(np.logaddexp(0.0, -z) * y + np.logaddexp(0.0, z) * (1 - y)))
 
 
+def _platt_targets(labels) -> np.ndarray:
+    """Platt's targets, (n+ + 1) / (n+ + 2) for a malignant label and 1 / (n- + 2) for a benign one.
+
+    On a set the scores separate perfectly, as a small site's can be, targets
+    of 1 and 0 send the slope to infinity, and no finite set justifies
+    probabilities of exactly 0 or 1 anyway.
+    """
+    y = np.asarray(labels, dtype=np.float64)
+    if len(y) == 0 or y.min() == y.max():
+        raise ValueError("Platt scaling needs both classes in the calibration data")
+    n_pos = float(y.sum())
+    return np.where(y > 0, (n_pos + 1) / (n_pos + 2), 1 / (len(y) - n_pos + 2))
+
+
 def fit_platt(scores, labels, iterations: int = 200) -> Platt:
     """The Platt map that minimises the NLL of the labels: damped Newton steps.
 
@@ -219,18 +233,11 @@ def fit_platt(scores, labels, iterations: int = 200) -> Platt:
     temperature cannot (the prevalence or camera of a new site moves it).
     Each Newton step is halved until the NLL falls, so a badly over- or
     under-confident model converges instead of running away. The targets
-    are Platt's own, (n+ + 1) / (n+ + 2) and 1 / (n- + 2) rather than 1 and
-    0: on a set the scores separate perfectly, as a small site's can be, hard
-    targets send the slope to infinity, and no finite set justifies
-    probabilities of exactly 0 or 1 anyway.
+    are Platt's own (_platt_targets), not 0 and 1.
     """
     x = np.asarray(scores, dtype=np.float64)
     t = inverse_logistic(np.where(x <= 0.0, _FIT_CLIP, np.where(x >= 1.0, 1.0 - _FIT_CLIP, x)))
-    y = np.asarray(labels, dtype=np.float64)
-    if len(t) == 0 or y.min() == y.max():
-        raise ValueError("Platt scaling needs both classes in the calibration data")
-    n_pos = float(y.sum())
-    y = np.where(y > 0, (n_pos + 1) / (n_pos + 2), 1 / (len(y) - n_pos + 2))
+    y = _platt_targets(labels)
     X = np.stack([t, np.ones_like(t)], axis=1)
     w = np.array([1.0, 0.0])
     loss = _platt_nll(X, y, w)
