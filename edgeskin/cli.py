@@ -80,6 +80,9 @@ def main(verbose):
               help="Random crops, flips, colour and JPEG re-encodes; --no-augment keeps only the harmonizing re-encode.")
 @click.option("--head-copies", type=click.IntRange(1, 32), default=4, show_default=True,
               help="Augmented copies of the training set whose frozen features train the head.")
+@click.option("--ema", "ema", type=click.FloatRange(0, 1, min_open=True, max_open=True), default=None,
+              help="Score and keep an exponential moving average of the fine-tuned weights, updated after every "
+                   "step with this momentum (e.g. 0.999), in place of the weights as trained.  [default: off]")
 @click.option("--time-budget", type=click.FloatRange(0, min_open=True), default=None,
               help="Minutes: stop fine-tuning before an epoch that would end later than this after the start.")
 @click.option("--input", "input_mode", type=click.Choice(["auto", "memory", "stream"]), default="auto",
@@ -164,7 +167,7 @@ def _given(flags: dict, *names: str) -> dict:
 def _train_options(seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,
                    fine_tune_from, fine_tune_lr, train_image_size, diagnosis_loss, label_smoothing,
                    diagnosis_in_fine_tuning, dx_loss_weight, select_on, patience, loss, class_weights, augment,
-                   head_copies, time_budget, input_mode, distribute, int8_grid):
+                   head_copies, ema, time_budget, input_mode, distribute, int8_grid):
     from edgeskin.data.augment import AugmentOptions
     from edgeskin.training.model import ModelOptions
     from edgeskin.training.options import TrainOptions
@@ -177,7 +180,7 @@ def _train_options(seed, weights, image_size, alpha, val_fraction, batch_size, h
         diagnosis_in_fine_tuning=diagnosis_in_fine_tuning, diagnosis_loss_weight=dx_loss_weight, select_on=select_on,
         patience=patience, loss=loss, class_weights=class_weights,
         augmentation=AugmentOptions() if augment else AugmentOptions.off(), head_copies=head_copies,
-        time_budget_minutes=time_budget, input=input_mode, distribute=distribute or "none", int8_grid=int8_grid,
+        ema_momentum=ema, time_budget_minutes=time_budget, input=input_mode, distribute=distribute or "none", int8_grid=int8_grid,
     )
 
 

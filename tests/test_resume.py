@@ -26,11 +26,11 @@ from edgeskin.cli import main
 EPOCHS = 3  # killed after epoch 2, so one epoch runs after the resume
 
 
-def _train_cmd(data: Path, out: Path, weights: Path) -> list[str]:
+def _train_cmd(data: Path, out: Path, weights: Path, *more: str) -> list[str]:
     return [sys.executable, "-m", "edgeskin.cli", "train", str(data), "--out", str(out), "--seed", "3",
             "--weights", str(weights), "--image-size", "64", "--alpha", "0.35", "--batch-size", "8",
             "--head-epochs", "2", "--fine-tune-epochs", str(EPOCHS), "--fine-tune-from", "block_16_expand",
-            "--patience", str(EPOCHS), "--val-fraction", "0.3", "--head-copies", "1", "--int8-grid"]
+            "--patience", str(EPOCHS), "--val-fraction", "0.3", "--head-copies", "1", "--int8-grid", *more]
 
 
 def _env() -> dict:
@@ -55,10 +55,13 @@ def _kill_after_epoch(cmd, state: Path, epoch: int, timeout: float = 300) -> Non
 
 
 @pytest.mark.slow
-def test_a_killed_run_is_not_finished_and_resumes_to_the_same_result(tmp_path, tiny_weights):
+@pytest.mark.parametrize("more", [(), ("--ema", "0.5")], ids=["as-trained", "ema"])
+def test_a_killed_run_is_not_finished_and_resumes_to_the_same_result(tmp_path, tiny_weights, more):
     data = write_class_folders(tmp_path / "data", 70, seed=5)
     killed, whole = tmp_path / "killed", tmp_path / "whole"
-    _kill_after_epoch(_train_cmd(data, killed, tiny_weights), killed / "checkpoint" / "state.json", 2)
+    _kill_after_epoch(_train_cmd(data, killed, tiny_weights, *more), killed / "checkpoint" / "state.json", 2)
+    if more:
+        _check_saved_average(killed / "checkpoint")
 
     # A stopped run is never mistaken for a finished one.
     for args in (["export", str(killed), "--int8"], ["evaluate", str(killed), str(data)]):
@@ -69,7 +72,7 @@ def test_a_killed_run_is_not_finished_and_resumes_to_the_same_result(tmp_path, t
 
     subprocess.run([sys.executable, "-m", "edgeskin.cli", "train", "--resume", str(killed)], env=_env(), check=True,
                    capture_output=True)
-    done = subprocess.run(_train_cmd(data, whole, tiny_weights), env=_env(), check=True, capture_output=True, text=True)
+    done = subprocess.run(_train_cmd(data, whole, tiny_weights, *more), env=_env(), check=True, capture_output=True, text=True)
     # --int8-grid: the layers that never train go on the grid before phase 1, and a resume keeps them there.
     assert done.stdout.index("int8 grid") < done.stdout.index("phase 1"), done.stdout
     for run in (killed, whole):
@@ -84,6 +87,18 @@ def test_a_killed_run_is_not_finished_and_resumes_to_the_same_result(tmp_path, t
     # Same seed, same batches, same optimizer state from the checkpoint: the same model, up to float
     # round-off (dropout's random state is not part of the checkpoint, so masks after the resume differ).
     assert abs(ca["val_auc"] - cb["val_auc"]) <= 0.02, (ca["val_auc"], cb["val_auc"])
+
+
+def _check_saved_average(checkpoint: Path) -> None:
+    """The checkpoint keeps the EMA beside the weights as trained (so a resume goes on with both): one array for
+    each trained variable, none equal to the weights it averages (momentum 0.5 over two epochs' steps)."""
+    with np.load(checkpoint / "ema.npz") as f:
+        ema = [f[f"arr_{i}"] for i in range(len(f.files))]
+    with np.load(checkpoint / "last.npz") as f:
+        last = [f[f"arr_{i}"] for i in range(len(f.files))]
+    trained = [w for w in last if any(w.shape == e.shape for e in ema)]
+    assert 0 < len(ema) < len(last), (len(ema), len(last))  # the trained variables only: BatchNorm's statistics stay
+    assert not any(any(w.shape == e.shape and np.array_equal(w, e) for w in trained) for e in ema)
 
 
 def test_resume_needs_a_stopped_run(tmp_path):

@@ -2,7 +2,8 @@
 
 checkpoint/ in the run folder holds the network's weights and the
 optimizer's state after the last finished epoch, the best weights so far,
-and state.json: the phase, the epoch, the early-stopping state, the history
+the weight average when the run keeps one (averaging.py), and
+state.json: the phase, the epoch, the early-stopping state, the history
 and the minutes spent. Each file is written to a temporary name and moved
 into place, state.json last, so a run killed mid-write resumes from the
 epoch before.
@@ -41,12 +42,15 @@ class Checkpoint:
         path = self.dir / STATE_FILE
         return json.loads(path.read_text()) if path.is_file() else None
 
-    def save(self, state: dict, weights, optimizer_variables=(), best_weights=None) -> None:
+    def save(self, state: dict, weights, optimizer_variables=(), best_weights=None, **named) -> None:
+        """named: more arrays to keep (e.g. ema=[...]), each read back by weights(name)."""
         self.dir.mkdir(parents=True, exist_ok=True)
         _save_arrays(self.dir / "last.npz", weights)
         _save_arrays(self.dir / "optimizer.npz", optimizer_variables)
         if best_weights is not None:
             _save_arrays(self.dir / "best.npz", best_weights)
+        for name, arrays in named.items():
+            _save_arrays(self.dir / f"{name}.npz", arrays)
         tmp = self.dir / (STATE_FILE + ".tmp")
         tmp.write_text(json.dumps(state, indent=1) + "\n")
         os.replace(tmp, self.dir / STATE_FILE)

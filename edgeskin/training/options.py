@@ -57,6 +57,10 @@ class TrainOptions:
     # alone) or "auc+dx" (its AUC plus the diagnosis balanced accuracy).
     select_on: str = "auc"
     clipnorm: float | None = None  # gradient-norm clipping while fine-tuning
+    # Judge and keep an exponential moving average of the fine-tuned weights,
+    # updated after every step with this momentum (None: the weights as
+    # trained). averaging.py says why.
+    ema_momentum: float | None = None
     # Stop fine-tuning before the epoch that would end past this many minutes
     # from the start of the run (None: no limit). The epochs run are recorded.
     time_budget_minutes: float | None = None
@@ -111,9 +115,11 @@ class TrainOptions:
             raise ValueError(f"diagnosis_weighting must be inverse, sqrt or none; got {self.diagnosis_weighting!r}")
 
     def _check_run(self) -> None:
-        """Clipping, the time budget, calibration, near-duplicates, the input path and distribution."""
+        """Clipping, the EMA, the time budget, calibration, near-duplicates, the input path and distribution."""
         if self.clipnorm is not None and not self.clipnorm > 0:
             raise ValueError(f"clipnorm must be positive, got {self.clipnorm}")
+        if self.ema_momentum is not None and not 0.0 < self.ema_momentum < 1.0:
+            raise ValueError(f"ema_momentum must lie in (0, 1), got {self.ema_momentum}")
         if not self.diagnosis_loss_weight >= 0:
             raise ValueError(f"diagnosis_loss_weight must be >= 0, got {self.diagnosis_loss_weight}")
         if self.time_budget_minutes is not None and not self.time_budget_minutes > 0:

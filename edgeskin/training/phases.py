@@ -8,12 +8,14 @@ weights across (MobileNetV2's weights do not depend on the input size).
 from __future__ import annotations
 
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, replace
 
 import numpy as np
 
 from edgeskin.runtime import calibration
 from edgeskin.training import distribute, model as model_lib, streaming
+from edgeskin.training.averaging import WeightAverage, updating
 from edgeskin.training.arrays import Arrays, augmented_batches
 from edgeskin.training.checkpoint import Checkpoint
 from edgeskin.training.options import TrainOptions
@@ -59,7 +61,8 @@ class History(list):
                     for i in range(len(h.epoch)))
 
 
-def _watch(keras, predict, arrays: Arrays, keep_model, options: TrainOptions, start=None, deadline=None, on_epoch=None):
+def _watch(keras, predict, arrays: Arrays, keep_model, options: TrainOptions, start=None, deadline=None, on_epoch=None,
+           average: WeightAverage | None = None):
     """Early stopping and best-weights selection on the calibration pool (its q75 copy).
 
     The benign/malignant ROC AUC, not accuracy: accuracy rewards a threshold
@@ -68,6 +71,7 @@ def _watch(keras, predict, arrays: Arrays, keep_model, options: TrainOptions, st
     neither head can improve at the other's cost unnoticed. With a deadline
     (a time.time() value), training stops before an epoch that would end
     past it. start: (best score, best weights, epochs without improvement).
+    With an average, the average is what is scored and kept.
     """
     view = arrays.epoch_view()
     y_val, dx_val = arrays.y_cal[view], arrays.dx_cal[view]
@@ -83,11 +87,12 @@ def _watch(keras, predict, arrays: Arrays, keep_model, options: TrainOptions, st
             self.started = time.time()
 
         def on_epoch_end(self, epoch, logs=None):
-            score = validation_figures(predict(view), y_val, dx_val, options.select_on, logs)
-            self.improved = score > self.best
-            if self.improved:
-                self.best, self.best_weights, self.wait = score, keep_model.get_weights(), 0
-            else:
+            with average.applied() if average else nullcontext():
+                score = validation_figures(predict(view), y_val, dx_val, options.select_on, logs)
+                self.improved = score > self.best
+                if self.improved:
+                    self.best, self.best_weights, self.wait = score, keep_model.get_weights(), 0
+            if not self.improved:
                 self.wait += 1
             if self.wait >= options.patience or (deadline and time.time() + (time.time() - self.started) > deadline):
                 self.model.stop_training = True
@@ -218,20 +223,34 @@ def fine_tune(keras, nets: Nets, arrays: Arrays, options: TrainOptions, history:
     compile_heads(keras, nets.net, schedule, options, arrays, weights=(1.0, dx_weight))
     first, start = _resume_point(nets, checkpoint, head_best, batches, options, log)
     deadline = clock.started + 60 * options.time_budget_minutes if options.time_budget_minutes else None
+    average = _average(nets, options, checkpoint, first, log)
 
     def save(epoch, logs, watch):
         history.append({"phase": "fine_tune", "epoch": epoch + 1, **{k: float(v) for k, v in logs.items()}})
         checkpoint.save({"phase": "fine_tune", "epoch": epoch + 1, "best": watch.best, "wait": watch.wait,
                          "history": list(history), "elapsed_seconds": clock.elapsed()},
                         nets.net.get_weights(), [v.numpy() for v in nets.net.optimizer.variables],
-                        watch.best_weights if watch.improved else None)
+                        watch.best_weights if watch.improved else None, **({"ema": average.values} if average else {}))
 
     watch = _watch(keras, lambda view: distribute.predict(nets.synced(), arrays.x_cal[view], 64, options.distribute), arrays,
-                   nets.net, options, start=start, deadline=deadline, on_epoch=save)
+                   nets.net, options, start=start, deadline=deadline, on_epoch=save, average=average)
     if first < options.fine_tune_epochs:
         fit_input = batches.fit_arguments(options.fine_tune_epochs) if hasattr(batches, "fit_arguments") else {"x": batches}
-        nets.net.fit(**fit_input, epochs=options.fine_tune_epochs, initial_epoch=first, callbacks=[watch], verbose=2)
+        # The average is updated before the watch scores it at each epoch's end.
+        callbacks = [updating(keras, average), watch] if average else [watch]
+        nets.net.fit(**fit_input, epochs=options.fine_tune_epochs, initial_epoch=first, callbacks=callbacks, verbose=2)
     nets.net.set_weights(watch.best_weights)
+
+
+def _average(nets: Nets, options: TrainOptions, checkpoint: Checkpoint, first: int, log) -> WeightAverage | None:
+    """The EMA of the fine-tuned weights (options.ema_momentum), or None; a resumed run takes back its own."""
+    if options.ema_momentum is None:
+        return None
+    values = checkpoint.weights("ema") if first and checkpoint.has("ema") else None
+    if first and values is None:
+        log("the checkpoint holds no weight average: it starts again from the last epoch's weights")
+    log(f"the EMA of the fine-tuned weights (momentum {options.ema_momentum}) is scored and kept in their place")
+    return WeightAverage(nets.net.trainable_variables, options.ema_momentum, values)
 
 
 def fine_tuning_batches(keras, arrays: Arrays, options: TrainOptions):
