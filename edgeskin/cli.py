@@ -103,8 +103,8 @@ def train(data, out, resume_dir, start_from, overwrite, **flags):
     Test splits are never read. When the data names diagnoses, a diagnosis
     head is trained beside the benign/malignant one.
 
-    The shipped model's two runs (three sets) took 69 and 19 min on 2 CPU
-    cores (models/training/config.json). The calibration (validation) split
+    The shipped model's one run (three sets) took 59 min on 2 CPU cores
+    (models/training/config.json). The calibration (validation) split
     needs 20 images of each class: --val-fraction x images of each class >= 20.
 
     Example: ./run.sh train ../shared/data/isic-binary ../shared/data/ham10000 --out runs/multi --seed 42

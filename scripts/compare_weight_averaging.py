@@ -29,28 +29,29 @@ def _score(nets, arrays, options) -> tuple[float, float]:
 
     logs = {}
     phases.score_on_pool(nets, arrays, options, logs)
-    return logs["val_auc"], logs["val_dx_balanced_accuracy"]
+    # A run without a diagnosis head has no balanced accuracy: nan, so the sums show it too.
+    return logs["val_auc"], logs.get("val_dx_balanced_accuracy", float("nan"))
 
 
 def _scored_with(nets, arrays, options, variables, values) -> tuple[float, float]:
     """The score with values in place of the variables' own, which are put back afterwards."""
-    own = [v.numpy() for v in variables]
-    for v, x in zip(variables, values):
-        v.assign(x)
-    try:
+    from edgeskin.training import averaging
+
+    with averaging.applied(variables, values):
         return _score(nets, arrays, options)
-    finally:
-        for v, x in zip(variables, own):
-            v.assign(x)
 
 
 def _averages(keras, nets, arrays, options, momentum: float, started: float):
+    """The EMA is train --ema's own (averaging.WeightAverage); the SWA is kept here."""
+    from edgeskin.training.averaging import WeightAverage
+
     variables = nets.net.trainable_variables
+    ema = WeightAverage(variables, momentum)
 
     class Averages(keras.callbacks.Callback):
         def __init__(self):
             super().__init__()
-            self.ema, self.swa, self.count = [v.numpy().copy() for v in variables], None, 0
+            self.swa, self.count = None, 0
             self.ema_seconds, self.epoch_started = 0.0, time.time()
 
         def on_epoch_begin(self, epoch, logs=None):
@@ -58,9 +59,7 @@ def _averages(keras, nets, arrays, options, momentum: float, started: float):
 
         def on_train_batch_end(self, batch, logs=None):
             t = time.perf_counter()
-            for e, v in zip(self.ema, variables):
-                e *= momentum
-                e += (1.0 - momentum) * v.numpy()
+            ema.update()
             self.ema_seconds += time.perf_counter() - t
 
         def on_epoch_end(self, epoch, logs=None):
@@ -69,7 +68,7 @@ def _averages(keras, nets, arrays, options, momentum: float, started: float):
             self.count += 1
             self.swa = now if self.swa is None else [s + (x - s) / self.count for s, x in zip(self.swa, now)]
             rows = {"as trained": _score(nets, arrays, options),
-                    f"EMA {momentum}": _scored_with(nets, arrays, options, variables, self.ema),
+                    f"EMA {momentum}": _scored_with(nets, arrays, options, variables, ema.values),
                     f"SWA of {self.count} epochs": _scored_with(nets, arrays, options, variables, self.swa)}
             for name, (auc, dx) in rows.items():
                 print(f"epoch {epoch + 1}  {name:22s} AUC {auc:.4f}  balanced accuracy {dx:.4f}  sum {auc + dx:.4f}")
@@ -96,7 +95,10 @@ def main() -> None:
     from edgeskin.training.options import TrainOptions
 
     started = time.time()
-    options = replace(TrainOptions.from_dict(run_lib.read_config(args.run)["options"]), fine_tune_epochs=args.epochs)
+    try:
+        options = replace(TrainOptions.from_dict(run_lib.read_config(args.run)["options"]), fine_tune_epochs=args.epochs)
+    except run_lib.RunError as exc:
+        raise SystemExit(f"error: {exc}") from None
     if args.train_image_size:
         options = replace(options, train_image_size=args.train_image_size)
     arrays = load_arrays(sets.discover(args.run / "splits.csv"), options)

@@ -235,3 +235,19 @@ def test_an_edited_auc_is_caught(recomputed):
     stale = readme.replace(f"| {recomputed['roc_auc']:.3f} (", "| 0.999 (")
     with pytest.raises(AssertionError, match="README's ROC AUC is stale"):
         check_headline_figures(result, recomputed, stale)
+
+
+def test_train_help_gives_the_shipped_runs_recorded_time():
+    # The help once said "two runs, 69 and 19 min" long after one run of 59 min had replaced them.
+    import re
+
+    config = json.loads((MODELS / "training" / "config.json").read_text())
+    runs, before = [config["seconds"]], config.get("started_from")
+    while before:
+        runs.insert(0, before["seconds"])
+        before = before.get("started_from")
+    text = " ".join(CliRunner().invoke(main, ["train", "--help"]).output.split())
+    said = re.search(r"The shipped model's (\w+) runs? \(three sets\) took ([\d and]+) min", text)
+    assert said, text
+    assert [int(m) for m in re.findall(r"\d+", said.group(2))] == [round(s / 60) for s in runs]
+    assert said.group(1) == {1: "one", 2: "two"}.get(len(runs))

@@ -38,17 +38,22 @@ class WeightAverage:
             average *= self.momentum
             average += (1.0 - self.momentum) * variable.numpy()
 
-    @contextmanager
     def applied(self):
-        """The average in the variables' place for the duration; their own values are put back afterwards."""
-        own = [v.numpy() for v in self.variables]
-        for variable, average in zip(self.variables, self.values):
-            variable.assign(average)
-        try:
-            yield
-        finally:
-            for variable, value in zip(self.variables, own):
-                variable.assign(value)
+        """The average in the variables' place for the duration (a context manager)."""
+        return applied(self.variables, self.values)
+
+
+@contextmanager
+def applied(variables, values):
+    """values in the variables' place for the duration; their own values are put back afterwards, even on error."""
+    own = [v.numpy() for v in variables]
+    for variable, value in zip(variables, values):
+        variable.assign(value)
+    try:
+        yield
+    finally:
+        for variable, value in zip(variables, own):
+            variable.assign(value)
 
 
 def updating(keras, average: WeightAverage):
