@@ -93,10 +93,10 @@ def test_a_killed_ema_run_resumes_with_its_saved_average(tmp_path, tiny_weights)
     _kill_after_epoch(_train_cmd(data, killed, tiny_weights, "--ema", "0.5"), killed / "checkpoint" / "state.json", 2)
     # The checkpoint keeps the average beside the weights as trained: one array for each trained variable (BatchNorm's
     # statistics do not train), none equal to the weights it averages (momentum 0.5 over two epochs' steps).
-    with np.load(killed / "checkpoint" / "ema.npz") as f:
-        ema = [f[f"arr_{i}"] for i in range(len(f.files))]
-    with np.load(killed / "checkpoint" / "last.npz") as f:
-        last = [f[f"arr_{i}"] for i in range(len(f.files))]
+    from edgeskin.training.checkpoint import Checkpoint
+
+    saved = Checkpoint(killed)
+    ema, last = saved.weights("ema"), saved.weights("last")
     assert 0 < len(ema) < len(last), (len(ema), len(last))
     assert not any(any(w.shape == e.shape and np.array_equal(w, e) for w in last) for e in ema)
 
