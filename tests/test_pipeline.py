@@ -89,8 +89,9 @@ def test_int8_export_matches_float_and_learns(tiny_run):
     float_auc = roc_auc_score(y, load_scorer(tiny_run["run"]).score(val))
     int8_auc = roc_auc_score(y, load_scorer(result.path).score(val))
     assert result.passed and int8_auc >= float_auc - result.info["checks"]["max_auc_drop"]
-    # Smoke-test bars: the tiny model varies from run to run (float AUC 0.88-0.98
-    # seen on 24 images); chance is 0.5, and swapped labels would score below it.
+    # Smoke-test bars: chance is 0.5, and swapped labels would score below it. The
+    # tiny backbone is seeded (conftest.TINY_BACKBONE_SEED; float AUC 0.989 on these
+    # 24 images with seed 0); unseeded, it drew 0.687-0.98 from session to session.
     assert result.float_auc > 0.75 and result.auc > 0.65
     info = json.loads(result.path.with_suffix(".json").read_text())
     assert info["quantization"] == "int8" and info["checks"]["passed"]
