@@ -91,7 +91,7 @@ def test_int8_export_matches_float_and_learns(tiny_run):
     assert result.passed and int8_auc >= float_auc - result.info["checks"]["max_auc_drop"]
     # Smoke-test bars: chance is 0.5, and swapped labels would score below it. The
     # tiny backbone is seeded (conftest.TINY_BACKBONE_SEED; float AUC 0.989 on these
-    # 24 images with seed 0); unseeded, it drew 0.687-0.98 from session to session.
+    # 24 images with seed 0, 0.874-0.992 with seeds 1-5); unseeded, one session drew 0.687.
     assert result.float_auc > 0.75 and result.auc > 0.65
     info = json.loads(result.path.with_suffix(".json").read_text())
     assert info["quantization"] == "int8" and info["checks"]["passed"]
