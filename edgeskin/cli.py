@@ -52,6 +52,8 @@ def main(verbose):
 @click.option("--int8-grid/--no-int8-grid", default=False, show_default=True,
               help="Put the layers that never train on the int8 file's weight grid first, so int8 loses little.")
 @click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--split-seed", type=int, default=None,
+              help="Draw the validation split with this seed instead, so that runs of other seeds share it.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a path to backbone weights (.h5).")
 @click.option("--image-size", type=click.IntRange(32, 1024), default=224, show_default=True)
 @click.option("--alpha", type=click.Choice(["0.35", "0.5", "0.75", "1.0", "1.3", "1.4"]), default="1.0", show_default=True)
@@ -164,7 +166,7 @@ def _given(flags: dict, *names: str) -> dict:
     return {k: flags[k] for k in names if ctx.get_parameter_source(k).name == "COMMANDLINE"}
 
 
-def _train_options(seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,
+def _train_options(seed, split_seed, weights, image_size, alpha, val_fraction, batch_size, head_epochs, fine_tune_epochs,
                    fine_tune_from, fine_tune_lr, train_image_size, diagnosis_loss, label_smoothing,
                    diagnosis_in_fine_tuning, dx_loss_weight, select_on, patience, loss, class_weights, augment,
                    head_copies, ema, time_budget, input_mode, distribute, int8_grid):
@@ -174,7 +176,7 @@ def _train_options(seed, weights, image_size, alpha, val_fraction, batch_size, h
 
     return TrainOptions(
         model=ModelOptions(image_size=image_size, alpha=float(alpha), weights=weights),
-        seed=seed, val_fraction=val_fraction, batch_size=batch_size, head_epochs=head_epochs,
+        seed=seed, split_seed=split_seed, val_fraction=val_fraction, batch_size=batch_size, head_epochs=head_epochs,
         fine_tune_epochs=fine_tune_epochs, fine_tune_from=fine_tune_from, fine_tune_learning_rate=fine_tune_lr,
         train_image_size=train_image_size, diagnosis_loss=diagnosis_loss, label_smoothing=label_smoothing,
         diagnosis_in_fine_tuning=diagnosis_in_fine_tuning, diagnosis_loss_weight=dx_loss_weight, select_on=select_on,

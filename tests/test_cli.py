@@ -173,3 +173,18 @@ def test_a_too_small_calibration_split_says_which_val_fraction_would_work(tmp_pa
     val = splits.split_validation(sets.discover(data), 0.34, 42).val
     assert min(sets.Dataset(data, train=val).counts()["train"].values()) >= sets.MIN_PER_CLASS
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+def test_train_passes_the_split_seed_and_the_seed_apart(class_folders, tmp_path, monkeypatch):
+    import edgeskin.training.train as train_lib
+
+    seen = []
+
+    def stop(data, out, options, **_):
+        seen.append(options)
+        raise ValueError("stopped before training")
+
+    monkeypatch.setattr(train_lib, "train", stop)
+    one_line_error(run("train", class_folders, "--out", tmp_path / "run", "--seed", 43, "--split-seed", 42))
+    one_line_error(run("train", class_folders, "--out", tmp_path / "run", "--seed", 43))
+    assert [(o.seed, o.validation_seed) for o in seen] == [(43, 42), (43, 43)]

@@ -138,3 +138,18 @@ def test_links_to_a_set_not_given_are_noted_and_a_short_row_is_a_clear_error(tmp
         f.write("ISIC_9999999,HAM_9,nv\n")
     with pytest.raises(sets.DataError, match="one value per column"):
         sets.discover(ham)
+
+
+def test_a_split_seed_keeps_the_validation_split_while_the_seed_changes(tmp_path):
+    from edgeskin.training.options import TrainOptions
+    from edgeskin.training.train import prepare_dataset
+
+    data = write_class_folders(tmp_path / "set", 40)
+
+    def val(**seeds) -> set[str]:
+        dataset, _ = prepare_dataset([data], TrainOptions(val_fraction=0.3, **seeds), log=lambda _: None)
+        return {s.path for s in dataset.val}
+
+    assert val(seed=1) != val(seed=2)  # else the seed would not reach the split, and the rest proves nothing
+    assert val(seed=1, split_seed=7) == val(seed=2, split_seed=7) == val(seed=7)
+    assert TrainOptions(seed=3).validation_seed == 3 and TrainOptions(seed=3, split_seed=5).validation_seed == 5

@@ -44,7 +44,7 @@ def test_the_shipped_model_was_trained_with_the_named_recipe():
     config = json.loads((MODELS / "training" / "config.json").read_text())
     assert "started_from" not in config, "the shipped model came from one run"
     recorded = TrainOptions.from_dict(config["options"])
-    recipe = TrainOptions.for_multisource(seed=recorded.seed)
+    recipe = TrainOptions.for_multisource(seed=recorded.seed, split_seed=recorded.split_seed)
     # train fills the diagnosis names in from the data.
     recipe = replace(recipe, model=replace(recipe.model, diagnoses=recorded.model.diagnoses))
     assert recorded == recipe
@@ -54,13 +54,14 @@ def test_the_shipped_model_was_trained_with_the_named_recipe():
 @pytest.mark.skipif(not SHARED.is_dir(), reason="needs ../shared/data/isic-binary")
 def test_the_shipped_split_is_reproduced_by_train():
     from edgeskin.data import sets, splits
+    from edgeskin.training.options import TrainOptions
 
     config = json.loads((MODELS / "training" / "config.json").read_text())
     recorded = sets.discover(MODELS / "training" / "splits.csv")
     # The sets the model was trained on, found beside the project under their own names.
     sources = [SHARED.parent / Path(p).name for p in config["data"].split(" + ")]
-    again = splits.split_validation(sets.discover_many(sources), config["options"]["val_fraction"],
-                                  config["options"]["seed"])
+    options = TrainOptions.from_dict(config["options"])
+    again = splits.split_validation(sets.discover_many(sources), options.val_fraction, options.validation_seed)
     assert sorted(Path(s.path).resolve() for s in again.val) == sorted(Path(s.path).resolve() for s in recorded.val)
 
 

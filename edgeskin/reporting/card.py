@@ -181,7 +181,9 @@ def _training(training: dict, config: dict) -> list[str]:
         "## Training",
         *_started_from(config.get("started_from")),
         f"- Command: `{training.get('command', 'not recorded')}`",
-        f"- Seed: {training.get('seed', 'not recorded')}; wall time: "
+        f"- Seed: {training.get('seed', 'not recorded')}"
+        + (f" (validation split drawn with seed {training['split_seed']})" if training.get("split_seed") is not None else "")
+        + "; wall time: "
         + (f"{training['seconds'] / 60:.0f} min" + (f" on {config['cpus']} CPU cores" if config.get("cpus") else "")
            if training.get("seconds") else "not recorded") + ".",
     ]

@@ -18,6 +18,11 @@ def _tuples(cls, d: dict) -> dict:
 class TrainOptions:
     model: model_lib.ModelOptions = field(default_factory=model_lib.ModelOptions)
     seed: int = 42
+    # The seed of the validation split alone (None: seed). Another seed with
+    # the same split draws a fresh run whose scores stand beside the first's
+    # on the same calibration pool: training is deterministic here, so the
+    # same seed would only reproduce a run.
+    split_seed: int | None = None
     val_fraction: float = 0.2
     batch_size: int = 32
     head_epochs: int = 40
@@ -135,6 +140,10 @@ class TrainOptions:
         if self.distribute == "multi-worker" and self.time_budget_minutes is not None:
             # Each worker would read its own clock, and one stopping alone leaves the others waiting for it.
             raise ValueError("time_budget_minutes cannot be used with distribute multi-worker")
+
+    @property
+    def validation_seed(self) -> int:
+        return self.seed if self.split_seed is None else self.split_seed
 
     @classmethod
     def from_dict(cls, d: dict) -> "TrainOptions":

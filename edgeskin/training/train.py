@@ -153,7 +153,7 @@ class _Clock:
 
 def prepare_dataset(sources, options: TrainOptions, log) -> tuple[sets.Dataset, TrainOptions]:
     """The data, split; and the options with the diagnosis head switched on when the data names diagnoses."""
-    dataset = splits.split_validation(sets.discover_many(sources), options.val_fraction, options.seed,
+    dataset = splits.split_validation(sets.discover_many(sources), options.val_fraction, options.validation_seed,
                                     options.max_duplicate_distance)
     for note in dataset.notes:
         log(note)
