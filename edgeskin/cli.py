@@ -51,8 +51,8 @@ def main(verbose):
               help="Skip phase 1 and fine-tune on from this finished run's network (same data and split).")
 @click.option("--int8-grid/--no-int8-grid", default=False, show_default=True,
               help="Put the layers that never train on the int8 file's weight grid first, so int8 loses little.")
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--split-seed", type=int, default=None,
+@click.option("--seed", type=click.IntRange(0), default=42, show_default=True)
+@click.option("--split-seed", type=click.IntRange(0), default=None,
               help="Draw the validation split with this seed instead, so that runs of other seeds share it.")
 @click.option("--weights", default="imagenet", show_default=True, help="imagenet, none, or a path to backbone weights (.h5).")
 @click.option("--image-size", type=click.IntRange(32, 1024), default=224, show_default=True)

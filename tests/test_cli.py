@@ -188,3 +188,6 @@ def test_train_passes_the_split_seed_and_the_seed_apart(class_folders, tmp_path,
     one_line_error(run("train", class_folders, "--out", tmp_path / "run", "--seed", 43, "--split-seed", 42))
     one_line_error(run("train", class_folders, "--out", tmp_path / "run", "--seed", 43))
     assert [(o.seed, o.validation_seed) for o in seen] == [(43, 42), (43, 43)]
+    # numpy's own words for a negative seed ("expected non-negative integer") name no flag.
+    assert "'--split-seed'" in one_line_error(run("train", class_folders, "--out", tmp_path / "run", "--split-seed", -1))
+    assert len(seen) == 2

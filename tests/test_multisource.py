@@ -153,3 +153,5 @@ def test_a_split_seed_keeps_the_validation_split_while_the_seed_changes(tmp_path
     assert val(seed=1) != val(seed=2)  # else the seed would not reach the split, and the rest proves nothing
     assert val(seed=1, split_seed=7) == val(seed=2, split_seed=7) == val(seed=7)
     assert TrainOptions(seed=3).validation_seed == 3 and TrainOptions(seed=3, split_seed=5).validation_seed == 5
+    with pytest.raises(ValueError, match="seeds must be >= 0"):
+        TrainOptions(seed=3, split_seed=-1)

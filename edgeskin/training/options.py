@@ -87,6 +87,8 @@ class TrainOptions:
     def __post_init__(self):
         if not 0.0 < self.val_fraction < 1.0:
             raise ValueError(f"val_fraction must lie in (0, 1), got {self.val_fraction}")
+        if self.seed < 0 or (self.split_seed is not None and self.split_seed < 0):
+            raise ValueError(f"seeds must be >= 0, got seed {self.seed} and split_seed {self.split_seed}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be at least 1, got {self.batch_size}")
         if self.head_epochs < 1 or self.fine_tune_epochs < 0:
