@@ -1,0 +1,40 @@
+"""scripts/pool_bootstrap.py: the ship rules' sum on a run's calibration pool, and a paired bootstrap of differences."""
+
+import importlib.util
+import json
+from pathlib import Path
+
+import pytest
+
+SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "pool_bootstrap.py"
+
+
+def _script():
+    spec = importlib.util.spec_from_file_location("pool_bootstrap", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.slow
+def test_it_reproduces_the_export_s_figures_and_a_file_differs_from_itself_by_nothing(tiny_dx_run, capsys):
+    from edgeskin.runtime import Classifier
+
+    tflite = str(tiny_dx_run["tflite"])
+    assert _script().main([str(tiny_dx_run["run"]), tflite, tflite, "--bootstrap", "50"]) == 0
+    lines = capsys.readouterr().out.strip().splitlines()
+    checks = Classifier(tflite).info["checks"]
+    # The pool, its order and both metrics are export's own: the figures it printed come back.
+    auc, bal = checks["auc"], checks["diagnosis_balanced_accuracy"]
+    assert lines[0] == f"{tflite}: ROC AUC {auc:.4f} + balanced accuracy {bal:.4f} = {auc + bal:.4f}"
+    assert lines[-1] == f"  {tflite}: +0.0000 (+0.0000 to +0.0000)"
+
+
+@pytest.mark.slow
+def test_draws_take_an_image_s_compressed_copies_together(tiny_dx_run):
+    import numpy as np
+
+    script = _script()
+    _, y, dx, image = script.pool(tiny_dx_run["run"])
+    copies = len(json.loads((tiny_dx_run["run"] / "calibration.json").read_text())["calibration_qualities"])
+    assert len(y) == copies * (image.max() + 1) and np.bincount(image).tolist() == [copies] * (image.max() + 1)
