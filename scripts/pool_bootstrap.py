@@ -42,7 +42,12 @@ def heads(model: Path, x: np.ndarray) -> tuple[np.ndarray, np.ndarray, list[str]
     """Each pool image's raw malignant score and diagnosis probabilities, as an app reads them."""
     from edgeskin.runtime import Classifier
 
-    classifier = Classifier(model)
+    try:
+        classifier = Classifier(model)
+    except Exception as exc:  # the runtime's own message says what is wrong with the file
+        sys.exit(f"error: {str(exc).splitlines()[0] if str(exc) else f'{model}: {type(exc).__name__}'}")
+    if not classifier.diagnoses:
+        sys.exit(f"error: {model} has no diagnosis head; the ship rules' sum needs one")
     out = [classifier.raw_heads(v) for v in x]
     return (np.array([o["malignant"] for o in out]), np.array([o["diagnosis"] for o in out]),
             list(classifier.diagnoses))
@@ -78,6 +83,10 @@ def main(argv=None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
+    missing = [str(p) for p in (args.run / "config.json", args.run / "splits.csv", args.run / "calibration.json",
+                                *args.models) if not p.is_file()]
+    if missing:
+        sys.exit(f"error: not found: {', '.join(missing)} (give a finished run folder and .tflite files)")
     x, y, dx, image = pool(args.run)
     files, dx_index = [], None
     for model in args.models:

@@ -38,3 +38,11 @@ def test_draws_take_an_image_s_compressed_copies_together(tiny_dx_run):
     _, y, dx, image = script.pool(tiny_dx_run["run"])
     copies = len(json.loads((tiny_dx_run["run"] / "calibration.json").read_text())["calibration_qualities"])
     assert len(y) == copies * (image.max() + 1) and np.bincount(image).tolist() == [copies] * (image.max() + 1)
+
+
+def test_a_folder_that_is_not_a_run_or_a_missing_file_is_a_one_line_error(tmp_path, capsys):
+    with pytest.raises(SystemExit) as stop:
+        _script().main([str(tmp_path), str(tmp_path / "none.tflite")])
+    message = str(stop.value.code)
+    assert message.startswith("error: not found:") and "splits.csv" in message and "none.tflite" in message
+    assert "\n" not in message
