@@ -15,7 +15,7 @@ import sys
 import click
 
 from edgeskin import __version__
-from edgeskin.cli_views import app, explain, friendly, quiet_tensorflow, show_run, web
+from edgeskin.cli_views import app, explain, friendly, quiet_tensorflow, show_run, small_data_hint, too_small, web
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
@@ -133,31 +133,8 @@ def train(data, out, resume_dir, start_from, overwrite, **flags):
             result = run_training(data, out, _train_options(**flags), overwrite=overwrite, log=click.echo, command=command,
                                   start_from=start_from)
         except ValueError as exc:
-            raise type(exc)(f"{exc}; {small_data_hint(data, flags['val_fraction'])}") if _too_small(exc) else exc
+            raise type(exc)(f"{exc}; {small_data_hint(data, flags['val_fraction'])}") if too_small(exc) else exc
     show_run(result)
-
-
-def _too_small(exc: Exception) -> bool:
-    return str(exc).startswith("calibration (validation) split: only")
-
-
-def small_data_hint(data, val_fraction: float) -> str:
-    """Which --val-fraction, or how many more images, would give the calibration split its 20 images of each class."""
-    import math
-
-    from edgeskin.data import sets
-
-    ds = sets.discover_many(data)
-    if ds.val:
-        return f"add images to the val/ split, to at least {sets.MIN_PER_CLASS} of each class"
-    counts = ds.counts()["train"]
-    fewest = min(counts.values())
-    # Each class gives about fraction x its images to the split (whole lesions at a time).
-    fraction = math.ceil(100 * sets.MIN_PER_CLASS / fewest) / 100 if fewest else 1.0
-    need = math.ceil(sets.MIN_PER_CLASS / val_fraction)
-    more = " and ".join(f"{need - n} more {name}" for name, n in counts.items() if n < need)
-    raise_to = f"--val-fraction {fraction:.2f} would work, or " if fraction <= 0.5 else ""
-    return f"{raise_to}at --val-fraction {val_fraction:g} the data needs {more} images"
 
 
 def _given(flags: dict, *names: str) -> dict:

@@ -1,6 +1,7 @@
 """The commands that show a model to a person: Grad-CAM heatmaps, the Streamlit app and the offline web app.
 
-And `friendly`, the one-line error handling every command shares.
+And `friendly`, the one-line error handling every command shares, with the hint train adds to a too-small
+calibration split.
 """
 
 from __future__ import annotations
@@ -152,3 +153,27 @@ def web(model, port, build_dir):
                    f"{site.gzip_bytes / 1e6:.1f} MB gzipped")
     else:
         web_lib.serve(model, port, on_ready=click.echo)
+
+
+def too_small(exc: Exception) -> bool:
+    """Whether train failed for a calibration split too small to choose operating points on."""
+    return str(exc).startswith("calibration (validation) split: only")
+
+
+def small_data_hint(data, val_fraction: float) -> str:
+    """Which --val-fraction, or how many more images, would give the calibration split its 20 images of each class."""
+    import math
+
+    from edgeskin.data import sets
+
+    ds = sets.discover_many(data)
+    if ds.val:
+        return f"add images to the val/ split, to at least {sets.MIN_PER_CLASS} of each class"
+    counts = ds.counts()["train"]
+    fewest = min(counts.values())
+    # Each class gives about fraction x its images to the split (whole lesions at a time).
+    fraction = math.ceil(100 * sets.MIN_PER_CLASS / fewest) / 100 if fewest else 1.0
+    need = math.ceil(sets.MIN_PER_CLASS / val_fraction)
+    more = " and ".join(f"{need - n} more {name}" for name, n in counts.items() if n < need)
+    raise_to = f"--val-fraction {fraction:.2f} would work, or " if fraction <= 0.5 else ""
+    return f"{raise_to}at --val-fraction {val_fraction:g} the data needs {more} images"

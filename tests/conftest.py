@@ -7,6 +7,7 @@ and the whole train -> export -> predict path is exercised in under a minute.
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
@@ -19,6 +20,14 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # The tiny runs each train for a minute or more, and `./run.sh test` spreads the
 # tests over two processes (pytest-xdist): each session fixture below is built
 # by the first process that needs it and read back by the other (_once).
+
+
+def load_script(name: str):
+    """A script of scripts/ imported as a module, so its functions can be tested one by one."""
+    spec = importlib.util.spec_from_file_location(name, Path(__file__).resolve().parent.parent / "scripts" / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def lesion(rng: np.random.Generator, malignant: bool, size: int = 64, colour=None) -> Image.Image:

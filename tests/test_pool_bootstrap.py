@@ -1,19 +1,14 @@
 """scripts/pool_bootstrap.py: the ship rules' sum on a run's calibration pool, and a paired bootstrap of differences."""
 
-import importlib.util
 import json
-from pathlib import Path
 
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "pool_bootstrap.py"
+from conftest import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("pool_bootstrap", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("pool_bootstrap")
 
 
 @pytest.mark.slow

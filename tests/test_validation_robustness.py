@@ -1,18 +1,12 @@
 """scripts/validation_robustness.py: the robustness bar measured on a run's validation split, per source."""
 
-import importlib.util
-from pathlib import Path
-
 import pytest
 
-SCRIPT = Path(__file__).resolve().parent.parent / "scripts" / "validation_robustness.py"
+from conftest import load_script
 
 
 def _script():
-    spec = importlib.util.spec_from_file_location("validation_robustness", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("validation_robustness")
 
 
 @pytest.mark.slow
