@@ -81,3 +81,20 @@ def test_a_run_cannot_start_from_itself(tmp_path, tiny_weights):
                                       "--overwrite"))
     assert r.exit_code != 0 and "cannot start from itself" in r.output and "Traceback" not in r.output
     assert (tmp_path / "run" / "keep.txt").read_text() == "kept"
+
+
+def test_both_networks_land_on_the_grid_when_they_train_and_serve_at_different_sizes():
+    """The pool is scored by the serving network: a snap of the training network alone left the serving one's
+    layers off the grid (scripts/compare_diagnosis_losses.py scored its pool that way)."""
+    from edgeskin.training import model as model_lib, phases
+    from edgeskin.training.options import TrainOptions
+
+    options = TrainOptions.for_smoke_test(train_image_size=32)
+    nets = phases.build_nets(options)
+    assert nets.serving is not nets.net
+    moved = nets.snap_below("block_3_expand")
+    assert moved > 0
+    for backbone in (nets.backbone, model_lib.backbone_of(nets.serving)):
+        grid = list(quantaware.convolutions(backbone, "block_3_expand"))
+        assert len(grid) == moved
+        assert all(_on_grid(layer.get_weights()[0], fold, depthwise) for layer, fold, depthwise in grid)

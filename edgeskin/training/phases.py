@@ -14,7 +14,7 @@ from dataclasses import dataclass, replace
 import numpy as np
 
 from edgeskin.runtime import calibration
-from edgeskin.training import distribute, model as model_lib, streaming
+from edgeskin.training import distribute, model as model_lib, quantaware, streaming
 from edgeskin.training.averaging import WeightAverage, updating
 from edgeskin.training.arrays import Arrays, augmented_batches
 from edgeskin.training.checkpoint import Checkpoint
@@ -33,6 +33,13 @@ class Nets:
         if self.serving is not self.net:
             self.serving.set_weights(self.net.get_weights())
         return self.serving
+
+    def snap_below(self, start: str | None) -> int:
+        """The layers below `start` on the int8 grid (quantaware.snap_below), in both networks: the pool is
+        scored by the serving one. Returns how many convolutions moved."""
+        moved = quantaware.snap_below(self.backbone, start)
+        self.synced()
+        return moved
 
     def load(self, path) -> None:
         """Both networks take the weights of a saved serving network (a run's best.keras)."""

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from edgeskin import __version__
 from edgeskin.data import sets, splits
-from edgeskin.training import distribute, quantaware, streaming
+from edgeskin.training import distribute, streaming
 from edgeskin.training.arrays import load_arrays
 from edgeskin.training.options import RunResult, TrainOptions
 from edgeskin.training.checkpoint import Checkpoint
@@ -99,8 +99,7 @@ def _snap(nets, options: TrainOptions, log) -> None:
     """The layers that never train, on the int8 grid (options.int8_grid, quantaware.py)."""
     if not options.int8_grid:
         return
-    moved = quantaware.snap_below(nets.backbone, options.fine_tune_from if options.fine_tune_epochs else None)
-    nets.synced()
+    moved = nets.snap_below(options.fine_tune_from if options.fine_tune_epochs else None)
     log(f"int8 grid: the {moved} convolutions that never train are put on the int8 file's own grid")
 
 
