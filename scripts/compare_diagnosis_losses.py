@@ -18,16 +18,31 @@ import argparse
 import time
 from dataclasses import replace
 
-LOSSES = {  # name: (diagnosis_loss, diagnosis_weighting, label_smoothing)
-    "weighted, inverse frequency": ("weighted", "inverse", 0.0),
-    "weighted, sqrt frequency": ("weighted", "sqrt", 0.0),
-    "unweighted": ("weighted", "none", 0.0),
-    "balanced softmax": ("balanced_softmax", "none", 0.0),
-    "balanced softmax + label smoothing 0.1": ("balanced_softmax", "none", 0.1),
+LOSSES = {  # name: (diagnosis_loss, diagnosis_weighting, label_smoothing, class-balanced sampling)
+    "weighted, inverse frequency": ("weighted", "inverse", 0.0, False),
+    "weighted, sqrt frequency": ("weighted", "sqrt", 0.0, False),
+    "unweighted": ("weighted", "none", 0.0, False),
+    "unweighted, class-balanced sampling": ("weighted", "none", 0.0, True),
+    "balanced softmax": ("balanced_softmax", "none", 0.0, False),
+    "balanced softmax + label smoothing 0.1": ("balanced_softmax", "none", 0.1, False),
 }
 
 
-def _score(nets, arrays, f_cal, melanoma: int) -> dict:
+def balanced_draw(arrays, features, seed: int):
+    """The training rows drawn again, with replacement, so that every diagnosis is drawn equally often; images
+    with no diagnosis keep their share. The heads then train on the draw (class-balanced sampling)."""
+    import numpy as np
+
+    dx = np.where(arrays.d_train.sum(axis=1) > 0, arrays.d_train.argmax(axis=1), -1)
+    counts = {k: int((dx == k).sum()) for k in np.unique(dx[dx >= 0])}
+    share = (dx >= 0).mean()  # the images with a diagnosis keep their share of the draw, split evenly among them
+    p = np.array([share / (len(counts) * counts[k]) if k >= 0 else 1.0 / len(dx) for k in dx])
+    rows = np.random.default_rng(seed).choice(len(dx), len(dx), p=p / p.sum())
+    drawn = replace(arrays, y_train=arrays.y_train[rows], w_train=arrays.w_train[rows], d_train=arrays.d_train[rows])
+    return drawn, (features[0][rows], features[1])
+
+
+def pool_scores(nets, arrays, f_cal, melanoma: int) -> dict:
     from edgeskin.training import model as model_lib
     from edgeskin.training.report import auc, diagnosis_report
 
@@ -50,7 +65,7 @@ def main() -> None:
     import keras
 
     from edgeskin.data import sets
-    from edgeskin.training import phases, quantaware
+    from edgeskin.training import phases
     from edgeskin.training.arrays import diagnosis_targets, load_arrays
     from edgeskin.training.options import TrainOptions
     from edgeskin.training.train import prepare_dataset
@@ -62,18 +77,19 @@ def main() -> None:
     arrays = load_arrays(dataset, options)
     keras.utils.set_random_seed(options.seed)
     nets = phases.build_nets(options)
-    quantaware.snap_below(nets.backbone, options.fine_tune_from)
+    nets.snap_below(options.fine_tune_from)
     features = phases.head_features(nets, arrays, options)
     print(f"features of {len(features[0])} training and {len(features[1])} pool images: {time.time() - started:.0f} s")
     start = nets.head.get_weights()
     print(f"{'diagnosis loss':40s} {'AUC':>6s} {'bal acc':>8s} {'top-3':>6s} {'mel recall':>10s}  (pool, q75)")
-    for name, (loss, weighting, smoothing) in LOSSES.items():
+    for name, (loss, weighting, smoothing, balanced) in LOSSES.items():
         variant = replace(options, diagnosis_loss=loss, diagnosis_weighting=weighting, label_smoothing=smoothing)
         keras.utils.set_random_seed(options.seed)
         nets.head.set_weights(start)
         targets = replace(arrays, d_train=diagnosis_targets(dataset.train, options.model.diagnoses, weighting))
-        phases.fit_head(keras, nets, targets, variant, features, phases.History())
-        s = _score(nets, arrays, features[1], sets.DIAGNOSES.index("mel"))
+        drawn, fit_features = balanced_draw(targets, features, options.seed) if balanced else (targets, features)
+        phases.fit_head(keras, nets, drawn, variant, fit_features, phases.History())
+        s = pool_scores(nets, arrays, features[1], sets.DIAGNOSES.index("mel"))
         print(f"{name:40s} {s['auc']:6.3f} {s['balanced_accuracy']:8.3f} {s['top3']:6.3f} {s['melanoma_recall']:10.3f}")
 
 
