@@ -7,6 +7,7 @@ warm-up, with no input pipeline: what the network itself costs per image.
 
     python scripts/bench_training.py --batch-sizes 32 64 --size 160 --from block_11_expand --steps 20
     python scripts/bench_training.py --batch-sizes 32 --from block_6_expand --xla off on off on   # XLA against none
+    python scripts/bench_training.py --batch-sizes 32 --from block_6_expand --precision float32 mixed_bfloat16
 """
 
 from __future__ import annotations
@@ -21,8 +22,12 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 
-def images_per_second(batch_size: int, size: int, start: str, steps: int, xla: bool = False) -> float:
+def images_per_second(batch_size: int, size: int, start: str, steps: int, xla: bool = False,
+                      precision: str = "float32") -> float:
     import keras
+
+    # Keras's mixed policies compute in 16 bits and keep float32 weights; the network is built under it.
+    keras.mixed_precision.set_global_policy(precision)
 
     from edgeskin.data import sets
     from edgeskin.training import model as model_lib
@@ -53,12 +58,16 @@ def main() -> None:
     ap.add_argument("--xla", nargs="+", choices=["off", "on"], default=["off"],
                     help="XLA (jit_compile) settings to time, in this order, for every batch size; the warm-up "
                          "steps take the compilation")
+    ap.add_argument("--precision", nargs="+", choices=["float32", "mixed_bfloat16", "mixed_float16"],
+                    default=["float32"], help="Keras dtype policies to time, in this order (this CPU has AVX512_BF16)")
     args = ap.parse_args()
-    print(f"{'batch':>6s} {'XLA':>4s} {'img/s':>8s}   ({args.size} px, unfrozen from {args.start}, {args.steps} steps)")
+    print(f"{'batch':>6s} {'XLA':>4s} {'precision':>15s} {'img/s':>8s}   "
+          f"({args.size} px, unfrozen from {args.start}, {args.steps} steps)")
     for b in args.batch_sizes:
         for xla in args.xla:
-            speed = images_per_second(b, args.size, args.start, args.steps, xla == "on")
-            print(f"{b:6d} {xla:>4s} {speed:8.1f}", flush=True)
+            for precision in args.precision:
+                speed = images_per_second(b, args.size, args.start, args.steps, xla == "on", precision)
+                print(f"{b:6d} {xla:>4s} {precision:>15s} {speed:8.1f}", flush=True)
 
 
 if __name__ == "__main__":
