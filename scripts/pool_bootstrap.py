@@ -6,7 +6,7 @@ on that pool through the runtime, prints the same two figures and their sum,
 and gives each file's difference from the first with a 95% interval from a
 paired bootstrap over the validation images (an image's compressed copies
 are drawn together). The interval is the pool's own sampling noise; what a
-different training seed changes comes on top of it (README, run v10).
+different training seed changes comes on top of it (docs/recipe.md, run v10).
 
     python scripts/pool_bootstrap.py runs/multi-v10-s43 runs/previous/edgeskin_int8_shipped_a592106.tflite \\
         runs/multi-v9a-s42/edgeskin_int8.tflite runs/multi-v10-s43/edgeskin_int8.tflite

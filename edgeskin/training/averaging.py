@@ -5,7 +5,7 @@ middle epochs moved the calibration pool's AUC by about 0.005 either way);
 an average over the last few hundred steps sits inside that wander rather
 than at one end of it. On one epoch at 224 px after run v5, the EMA at
 momentum 0.999 scored +0.0011 AUC and +0.0035 balanced accuracy above the
-weights as trained (README, "A short phase at 224 px").
+weights as trained (docs/recipe.md, "A short phase at 224 px").
 
 The average lives in numpy beside the network: training never sees it, and
 every epoch's selection swaps it into the network (applied) to be scored and,

@@ -32,7 +32,8 @@ class TrainOptions:
     # The top six inverted-residual blocks and the last 1x1 conv: the layers
     # whose features are most ImageNet-specific. On isic-binary, unfreezing
     # from block 13 (20 epochs) reached validation AUC 0.940 against 0.951
-    # from block 11 (25 epochs), for about 15% less time (see README).
+    # from block 11 (25 epochs), for about 15% less time (measured for the
+    # isic-binary-only model of an earlier version).
     fine_tune_from: str | None = "block_11_expand"
     # Fine-tune on smaller images than the model serves (None: the same):
     # 160 px doubles the throughput here, and a network trained on random
@@ -164,7 +165,7 @@ class TrainOptions:
         backbone from block 6 at 160 px, the diagnosis by a balanced softmax without label smoothing, epochs chosen
         on AUC plus diagnosis balanced accuracy, and the layers that never train on the int8 file's grid.
 
-        Chosen on validation data only (README, "The new recipe: how it was chosen").
+        Chosen on validation data only (README, "What was tried"; docs/recipe.md).
         """
         base = cls(val_fraction=0.15, head_copies=1, head_epochs=12, fine_tune_epochs=15, patience=15,
                    fine_tune_from="block_6_expand", fine_tune_learning_rate=3e-4, train_image_size=160,

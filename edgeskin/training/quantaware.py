@@ -5,7 +5,7 @@ The int8 file rounds every convolution's weights (batch norm folded in) to
 rounding the weights of blocks 0-5 alone took the float model's AUC from
 0.900 to 0.868, as much as the whole int8 conversion lost; rounding every
 activation to its int8 step cost 0.001 and the fine-tuned blocks' weights
-0.0002 (README, "Why int8 lost"). Those blocks keep their ImageNet weights
+0.0002 (docs/recipe.md, "Why int8 lost"). Those blocks keep their ImageNet weights
 for good, so their rounding error is fixed, not noise: the layers that
 fine-tune can learn to read it. Here the frozen layers' weights are moved
 onto the very grid the converter will use, which the converter then
