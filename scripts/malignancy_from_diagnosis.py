@@ -35,14 +35,12 @@ def main(argv=None) -> int:
     ap.add_argument("run", type=Path, help="a finished run folder: its splits.csv and calibration.json name the pool")
     ap.add_argument("model", type=Path, help="a .tflite file with a diagnosis head")
     args = ap.parse_args(argv)
-    missing = [str(p) for p in (args.run / "config.json", args.run / "splits.csv", args.run / "calibration.json",
-                                args.model) if not p.is_file()]
-    if missing:
-        sys.exit(f"error: not found: {', '.join(missing)} (give a finished run folder and a .tflite file)")
+    from pool_bootstrap import heads, pool, require
+
+    require(args.run, [args.model])
     from sklearn.metrics import roc_auc_score
 
     from edgeskin.data import sets
-    from pool_bootstrap import heads, pool
 
     x, y, _, image = pool(args.run)
     source = np.array([s.source for s in sets.discover(args.run / "splits.csv").val])[image]

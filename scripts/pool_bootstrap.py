@@ -25,6 +25,14 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 
+def require(run: Path, models) -> None:
+    """Exit with a one-line error naming every file of the run or model that is not there."""
+    missing = [str(p) for p in (run / "config.json", run / "splits.csv", run / "calibration.json", *models)
+               if not p.is_file()]
+    if missing:
+        sys.exit(f"error: not found: {', '.join(missing)} (give a finished run folder and .tflite files)")
+
+
 def pool(run: Path):
     """The calibration pool's images, labels, diagnoses and image ids, in export's order, at the run's size."""
     from edgeskin.data import sets
@@ -83,10 +91,7 @@ def main(argv=None) -> int:
     ap.add_argument("--bootstrap", type=int, default=1000)
     ap.add_argument("--seed", type=int, default=0)
     args = ap.parse_args(argv)
-    missing = [str(p) for p in (args.run / "config.json", args.run / "splits.csv", args.run / "calibration.json",
-                                *args.models) if not p.is_file()]
-    if missing:
-        sys.exit(f"error: not found: {', '.join(missing)} (give a finished run folder and .tflite files)")
+    require(args.run, args.models)
     x, y, dx, image = pool(args.run)
     files, dx_index = [], None
     for model in args.models:
